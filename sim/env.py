@@ -1,0 +1,251 @@
+"""`DriveEnv`, the Gymnasium environment `E2EDrive-v0`: it only wires track, car and camera together.
+
+Observation: the camera frame (H, W, 3) uint8. Action: steering in [-1, 1] (negative = left), or
+[steering, throttle] with `throttle=True`. Reward: metres of progress along the track / 10, and -10
+for leaving it. `info` carries what evaluation and recording need; a policy must not read it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from . import car as carmod
+from .car import CarConfig, CarState
+from .render import Camera, CameraConfig, default_palette, random_palette
+from .track import Track, load_track, parse_spec
+
+OFF_TRACK_MODES = ("terminate", "recover", "continue")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Everything that defines an episode; saved beside recordings and policies."""
+
+    track: str = "procedural:0-19"  # a track SPEC; each reset picks one (or pass options={"track": ...})
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    car: CarConfig = field(default_factory=CarConfig)
+    throttle: bool = False  # action is [steering, throttle] instead of [steering]
+    randomise_palette: bool = False  # new colours every episode (domain randomisation)
+    laps: int | None = 1  # episode ends (truncated) after this many laps; None for no limit
+    max_steps: int = 20000  # truncation limit
+    off_track: str = "terminate"  # or "recover": put the car back on the centerline and go on
+    off_track_margin_m: float = 0.5  # car centre this far past the edge counts as off track
+    random_start: bool = False  # start at a random point of the lap instead of the start line
+
+    def __post_init__(self) -> None:
+        if self.off_track not in OFF_TRACK_MODES:
+            raise ValueError(f"off_track must be one of {OFF_TRACK_MODES}, not {self.off_track!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "EnvConfig":
+        d = dict(d)
+        d["camera"] = CameraConfig(**d.get("camera", {}))
+        d["car"] = CarConfig(**d.get("car", {}))
+        return EnvConfig(**d)
+
+
+class DriveEnv(gym.Env):
+    metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 20}
+
+    def __init__(self, render_mode: str | None = None, config: EnvConfig | None = None, **overrides: Any):
+        cfg = config or EnvConfig()
+        if isinstance(overrides.get("camera"), str):
+            from .render import camera_from_name
+            overrides["camera"] = camera_from_name(overrides["camera"])
+        if overrides:
+            cfg = replace(cfg, **overrides)
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}")
+        self.cfg = cfg
+        self.render_mode = render_mode
+        self.metadata = dict(self.metadata, render_fps=int(round(1.0 / cfg.car.dt)))
+        self.track_specs = parse_spec(cfg.track)
+        cam = cfg.camera
+        self.observation_space = gym.spaces.Box(0, 255, (cam.height, cam.width, 3), np.uint8)
+        n_act = 2 if cfg.throttle else 1
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (n_act,), np.float32)
+        self.track: Track | None = None
+        self.camera: Camera | None = None
+        self._world_cam: Camera | None = None
+        self._viewer = None
+        self.palette = default_palette()
+
+    # -- gymnasium API --------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        spec = options.get("track")
+        if spec is None:
+            spec = self.track_specs[int(self.np_random.integers(len(self.track_specs)))]
+        track = load_track(spec)
+        if track is not self.track:
+            self.track = track
+            self.camera = Camera(track, self.cfg.camera, self.cfg.car.length_m, self.cfg.car.width_m,
+                                 self.cfg.car.wheelbase_m)
+            self._world_cam = None
+        self.palette = random_palette(self.np_random) if self.cfg.randomise_palette else default_palette()
+        self.camera.set_palette(self.palette)
+        if "start_s" in options:
+            s0 = float(options["start_s"]) % track.length
+        elif self.cfg.random_start:
+            s0 = float(self.np_random.uniform(0, track.length))
+        else:
+            s0 = 0.0
+        self.start_s = s0
+        p = track.point_at(s0)
+        self.car = CarState(x=float(p[0]), y=float(p[1]), yaw=track.heading_at(s0),
+                            speed=self.cfg.car.cruise_speed_mps)
+        self.steps = 0
+        self.time = 0.0
+        self.progress = 0.0  # metres driven along the track since the start
+        self.laps_completed = 0
+        self.lap_start_time = 0.0
+        self.last_lap_time = float("nan")
+        self.lap_clean = True
+        self.off_track_count = 0
+        self.proj = track.project(self.car.x, self.car.y, self.car.yaw)
+        self._last_action = np.zeros(self.action_space.shape, np.float32)
+        obs = self._observe()
+        info = self._info(off_track=False, intervention=False, lap_completed=False)
+        if self.render_mode == "human":
+            self.render()
+        return obs, info
+
+    def step(self, action):
+        a = np.asarray(action, dtype=np.float32).reshape(-1)
+        if a.shape != self.action_space.shape or not np.all(np.isfinite(a)):
+            raise ValueError(f"action must be finite with shape {self.action_space.shape}, got {action!r}")
+        self._last_action = a
+        throttle = float(a[1]) if self.cfg.throttle else None
+        self.car = carmod.step(self.car, float(a[0]), self.cfg.car, throttle)
+        self.steps += 1
+        self.time += self.cfg.car.dt
+        track = self.track
+        prev_s = self.proj.s
+        self.proj = track.project(self.car.x, self.car.y, self.car.yaw, s_hint=prev_s)
+        ds = (self.proj.s - prev_s + track.length / 2) % track.length - track.length / 2
+        self.progress += ds
+        reward = ds / 10.0
+
+        off = abs(self.proj.offset) > track.half_width(self.proj.index, self.proj.offset) + self.cfg.off_track_margin_m
+        terminated = False
+        intervention = False
+        if off:
+            self.off_track_count += 1
+            self.lap_clean = False
+            reward -= 10.0
+            if self.cfg.off_track == "terminate":
+                terminated = True
+            elif self.cfg.off_track == "recover":
+                self.place_on_centerline(self.proj.s)
+                intervention = True
+
+        lap_completed = False
+        if self.progress >= (self.laps_completed + 1) * track.length:
+            lap_completed = True
+            self.laps_completed += 1
+            self.last_lap_time = self.time - self.lap_start_time
+            self.lap_start_time = self.time
+        info = self._info(off_track=off, intervention=intervention, lap_completed=lap_completed)
+        if lap_completed:
+            self.lap_clean = True  # the next lap starts clean
+        truncated = bool(
+            (self.cfg.laps is not None and self.laps_completed >= self.cfg.laps)
+            or self.steps >= self.cfg.max_steps
+        ) and not terminated
+        obs = self._observe()
+        if self.render_mode == "human":
+            self.render()
+        return obs, float(reward), terminated, truncated, info
+
+    def render(self):
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode; pass render_mode='rgb_array'")
+            return None
+        picture = self.world_view()
+        if self.render_mode == "rgb_array":
+            return picture
+        if self._viewer is None:
+            from .viewer import ImageWindow  # pygame only here
+            self._viewer = ImageWindow("E2E Drive", picture.shape[1], picture.shape[0])
+        self._viewer.show(picture, fps=self.metadata["render_fps"])
+        return None
+
+    def close(self):
+        if self._viewer is not None:
+            self._viewer.close()
+            self._viewer = None
+
+    # -- helpers used by the expert, recorders, evaluators and viewers ------------------------------
+    def place_on_centerline(self, s: float) -> None:
+        """Put the car back on the centerline at arc length s, facing along the track (an
+        intervention: the speed is kept so the drive continues smoothly)."""
+        p = self.track.point_at(s)
+        self.car = CarState(x=float(p[0]), y=float(p[1]), yaw=self.track.heading_at(s), speed=self.car.speed)
+        self.proj = self.track.project(self.car.x, self.car.y, self.car.yaw, s_hint=s)
+
+    def render_from(self, x: float, y: float, yaw: float) -> np.ndarray:
+        """The camera frame from any pose: used for viewpoint-shift augmentation (PilotNet's side
+        cameras, done exactly)."""
+        return self.camera.render(x, y, yaw)
+
+    def world_view(self, size: int = 480, view_m: float = 90.0) -> np.ndarray:
+        """A larger heading-up picture of the car on the track, with the camera frame as an inset."""
+        if self._world_cam is None or self._world_cam.cfg.width != size:
+            wcfg = CameraConfig(width=size, height=size, view_width_m=view_m, car_row=0.68,
+                                map_res_m=self.cfg.camera.map_res_m)
+            self._world_cam = Camera(self.track, wcfg, self.cfg.car.length_m, self.cfg.car.width_m,
+                                     self.cfg.car.wheelbase_m)
+        self._world_cam.set_palette(self.palette)
+        pic = self._world_cam.render(self.car.x, self.car.y, self.car.yaw).copy()
+        obs = self._obs
+        scale = max(1, int(size * 0.3) // max(obs.shape[:2]))
+        inset = np.repeat(np.repeat(obs, scale, 0), scale, 1)
+        h, w = inset.shape[:2]
+        pic[6:6 + h, 6:6 + w] = inset
+        pic[4:6, 4:8 + w] = 255
+        pic[6 + h:8 + h, 4:8 + w] = 255
+        pic[4:8 + h, 4:6] = 255
+        pic[4:8 + h, 6 + w:8 + w] = 255
+        return pic
+
+    def _observe(self) -> np.ndarray:
+        self._obs = self.camera.render(self.car.x, self.car.y, self.car.yaw)
+        return self._obs
+
+    def _info(self, off_track: bool, intervention: bool, lap_completed: bool) -> dict:
+        c, p = self.car, self.proj
+        return {
+            "track": self.track.name,
+            "lap": self.laps_completed,
+            "lap_completed": lap_completed,
+            "lap_clean": self.lap_clean,
+            "last_lap_time": self.last_lap_time,
+            "lap_time": self.time - self.lap_start_time,
+            "progress_m": self.progress,
+            "lap_fraction": (self.progress / self.track.length) % 1.0 if self.progress >= 0 else 0.0,
+            "s": p.s,
+            "cte": p.offset,
+            "heading_error": p.heading_error,
+            "off_track": bool(off_track),
+            "off_track_count": self.off_track_count,
+            "intervention": bool(intervention),
+            "speed": c.speed,
+            "steer_angle": c.steer,
+            "x": c.x,
+            "y": c.y,
+            "yaw": c.yaw,
+            "time": self.time,
+        }
+
+
+def wrap_angle(a: float) -> float:
+    return (a + math.pi) % (2 * math.pi) - math.pi
