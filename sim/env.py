@@ -108,7 +108,7 @@ class DriveEnv(gym.Env):
         self.progress = 0.0  # metres driven along the track since the start
         self.laps_completed = 0
         self.lap_start_time = 0.0
-        self.last_lap_time = float("nan")
+        self.last_lap_time = 0.0  # no lap finished yet (NaN would break equality checks)
         self.lap_clean = True
         self.off_track_count = 0
         self.proj = track.project(self.car.x, self.car.y, self.car.yaw)

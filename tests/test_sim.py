@@ -1,0 +1,206 @@
+"""Car, camera, environment and expert: the real env, the real renderer."""
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import sim
+from sim import CarConfig, CarState, DriveEnv, Expert, load_track
+from sim.car import step, steering_for_curvature
+from sim.render import ASPHALT, Camera, CameraConfig, camera_from_name, default_palette, random_palette
+
+
+# -- car ------------------------------------------------------------------------------------------
+def test_car_turns_the_right_way_and_holds_cruise_speed():
+    cfg = CarConfig()
+    s = CarState(0.0, 0.0, 0.0, 0.0)
+    for _ in range(200):
+        s = step(s, -1.0, cfg)  # full left
+    assert s.speed == pytest.approx(cfg.cruise_speed_mps, rel=0.02)
+    assert s.steer == pytest.approx(cfg.max_steer_rad)
+    s2 = step(CarState(0, 0, 0, 10.0), 0.5, cfg)
+    assert s2.steer < 0 and s2.yaw < 0  # positive command turns right (clockwise)
+
+
+def test_steering_rate_limit_and_circle():
+    cfg = CarConfig()
+    s = step(CarState(0, 0, 0, 10.0), 1.0, cfg)
+    assert abs(s.steer) == pytest.approx(cfg.max_steer_rate_rad_s * cfg.dt)
+    # a constant command drives a circle of the matching curvature
+    cmd = steering_for_curvature(1 / 30.0, cfg)
+    st = CarState(0, 0, 0, cfg.cruise_speed_mps)
+    pts = []
+    for _ in range(400):
+        st = step(st, cmd, cfg)
+        pts.append((st.x, st.y))
+    pts = np.array(pts[100:])
+    centre = pts.mean(0)
+    r = np.hypot(*(pts - centre).T)
+    assert r.mean() == pytest.approx(30.0, rel=0.05)
+
+
+def test_throttle_and_brake():
+    cfg = CarConfig()
+    s = CarState(0, 0, 0, 10.0)
+    assert step(s, 0.0, cfg, throttle=1.0).speed > 10.0
+    assert step(s, 0.0, cfg, throttle=-1.0).speed < 10.0 - 0.3
+
+
+# -- camera ---------------------------------------------------------------------------------------
+def _labels_colour(frame, label):
+    return np.all(frame == default_palette()[label], axis=-1)
+
+
+def test_birdseye_frame_shows_the_road_ahead_where_it_is():
+    t = load_track("procedural:3")
+    cam = Camera(t)
+    s = 150.0
+    p, h = t.point_at(s), t.heading_at(s)
+    frame = cam.render(p[0], p[1], h)
+    assert frame.shape == (96, 96, 3) and frame.dtype == np.uint8
+    road = _labels_colour(frame, ASPHALT)
+    # straight ahead of the car (centre column, upper half) is road; the far sides are not all road
+    assert road[10:60, 44:52].mean() > 0.5
+    # shift the car 6 m to the right of the centerline: the road appears to its left
+    right = p + 6.0 * np.array([math.sin(h), -math.cos(h)])
+    f2 = cam.render(right[0], right[1], h)
+    r2 = _labels_colour(f2, ASPHALT)
+    cols = np.nonzero(r2[20:60].any(0))[0]
+    assert cols.mean() < 48
+
+
+def test_camera_sizes_and_presets():
+    t = load_track("procedural:1")
+    for name, shape in [("birdseye", (96, 96, 3)), ("dashcam", (96, 96, 3)), ("pilotnet", (66, 200, 3)),
+                        ("birdseye:128x64", (64, 128, 3))]:
+        cam = Camera(t, camera_from_name(name))
+        p = t.point_at(50.0)
+        assert cam.render(p[0], p[1], t.heading_at(50.0)).shape == shape
+    with pytest.raises(ValueError, match="unknown camera"):
+        camera_from_name("fisheye")
+
+
+def test_dashcam_sees_sky_above_and_road_below():
+    t = load_track("procedural:3")
+    cam = Camera(t, camera_from_name("dashcam"))
+    p, h = t.point_at(150.0), t.heading_at(150.0)
+    f = cam.render(p[0], p[1], h).astype(int)
+    sky = default_palette()[7].astype(int)
+    assert np.abs(f[2] - sky).sum(-1).mean() < 5  # top row is sky
+    bottom_centre = f[-10:, 40:56].reshape(-1, 3).mean(0)
+    assert np.abs(bottom_centre - default_palette()[ASPHALT]).sum() < 40  # road just ahead
+
+
+def test_random_palette_changes_colours_deterministically():
+    a = random_palette(np.random.default_rng(1))
+    b = random_palette(np.random.default_rng(1))
+    c = random_palette(np.random.default_rng(2))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+# -- env ------------------------------------------------------------------------------------------
+def test_env_passes_gymnasium_checker():
+    env = gym.make("E2EDrive-v0", track="procedural:1").unwrapped
+    check_env(env, skip_render_check=True)
+
+
+def test_same_seed_same_frames():
+    def run(seed):
+        env = DriveEnv(track="procedural:0-3", randomise_palette=True, random_start=True)
+        obs, _ = env.reset(seed=seed)
+        frames = [obs]
+        for i in range(30):
+            obs, *_ = env.step(np.array([math.sin(i / 5)], np.float32))
+            frames.append(obs)
+        return np.stack(frames)
+
+    assert np.array_equal(run(5), run(5))
+    assert not np.array_equal(run(5), run(6))
+
+
+def test_reward_terminate_and_info():
+    env = DriveEnv(track="procedural:2")
+    obs, info = env.reset(seed=0)
+    for key in ("lap", "progress_m", "cte", "heading_error", "off_track", "speed", "lap_time"):
+        assert key in info
+    obs, r, term, trunc, info = env.step(np.zeros(1, np.float32))
+    assert r > 0  # progress
+    total = 0
+    for _ in range(400):  # full right lock: leaves the track and terminates
+        obs, r, term, trunc, info = env.step(np.ones(1, np.float32))
+        total += 1
+        if term:
+            break
+    assert term and info["off_track"] and r < 0
+
+
+def test_recover_mode_puts_car_back_and_counts():
+    env = DriveEnv(track="procedural:2", off_track="recover", max_steps=300)
+    env.reset(seed=0)
+    interventions = 0
+    for _ in range(300):
+        _, _, term, trunc, info = env.step(np.ones(1, np.float32))
+        interventions += info["intervention"]
+        assert not term
+        if trunc:
+            break
+    assert interventions >= 2 and info["off_track_count"] == interventions
+    assert abs(info["cte"]) < 10
+
+
+def test_rgb_array_render_is_larger():
+    env = DriveEnv(render_mode="rgb_array", track="procedural:1")
+    env.reset(seed=0)
+    pic = env.render()
+    assert pic.shape[0] > 96 * 3 and pic.dtype == np.uint8
+
+
+def test_vector_env_async():
+    envs = gym.make_vec("E2EDrive-v0", num_envs=2, vectorization_mode="async",
+                        track="procedural:1")
+    obs, info = envs.reset(seed=3)
+    assert obs.shape == (2, 96, 96, 3)
+    for _ in range(5):
+        obs, r, term, trunc, info = envs.step(np.zeros((2, 1), np.float32))
+    assert obs.shape == (2, 96, 96, 3) and r.shape == (2,)
+    envs.close()
+
+
+# -- expert ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", ["procedural:0", "procedural:5", "challenge:1"])
+def test_expert_drives_a_clean_lap(spec):
+    env = DriveEnv(track=spec, off_track="continue")
+    env.reset(seed=0)
+    expert = Expert()
+    done = False
+    while not done:
+        _, _, term, trunc, info = env.step(expert.act(env))
+        done = term or trunc
+    assert info["lap"] == 1 and info["off_track_count"] == 0
+
+
+def test_expert_clean_on_suzuka_through_the_crossing(real_tracks):
+    env = DriveEnv(track=str(real_tracks / "Suzuka.csv"), off_track="continue")
+    env.reset(seed=0)
+    expert = Expert()
+    done = False
+    while not done:
+        _, _, term, trunc, info = env.step(expert.act(env))
+        done = term or trunc
+    assert info["lap"] == 1 and info["off_track_count"] == 0
+
+
+def test_sim_does_not_import_torch_or_pygame():
+    import subprocess
+    import sys
+    code = ("import sys, sim, sim.env, sim.render, sim.track, sim.expert; "
+            "print('torch' in sys.modules, 'pygame' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_registered():
+    assert "E2EDrive-v0" in gym.registry and sim.DriveEnv is DriveEnv
