@@ -1,0 +1,561 @@
+"""Closed-loop evaluation: a driver (the expert, or a policy that sees only camera frames) drives
+laps of every track in a SPEC; we measure it (agent/metrics.py), print a table, write JSON, and
+optionally a video and trajectory plots.
+
+Leaving the track is an intervention: the env (off_track="recover") puts the car back on the
+centerline, the lap no longer counts as clean, and the drive goes on. Several tracks are stepped in
+lock step so a policy steers them all with one batched forward pass; `workers` splits the tracks
+over processes. `--expert` never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import os
+import re
+import sys
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from sim.env import DriveEnv, EnvConfig
+from sim.errors import UserError
+from sim.expert import Expert
+from sim.progress import Progress, table
+from sim.track import load_track, parse_spec
+
+from .metrics import drive_metrics, json_safe, summarise
+
+FORMAT_VERSION = 1
+VIDEO_FRAMES = 1200  # a minute at 20 Hz: the start of the first lap of the first track
+STEP_KEYS = ("time", "progress_m", "lap", "lap_completed", "off_track", "intervention", "cte", "speed", "x", "y")
+
+EXAMPLES = """examples:
+  python run_drive.py eval --expert --tracks procedural:0-99 --laps 1 --json out/expert.json
+  python run_drive.py eval --model data/models/pilot --tracks procedural:1000-1019 --laps 1 --compare-expert
+  python run_drive.py eval --model data/models/pilot --tracks ../shared/tracks/real --workers 2 \\
+      --video out/drive.mp4 --plot out/plots --json out/real.json
+
+Each lap starts on the start line; leaving the track is an intervention (the car is put back on the
+centerline and the lap is not clean). Metrics: laps_completed = clean laps; route_completion = share
+of each lap driven before its first intervention; autonomy = 100 * (1 - interventions * 6 s / time)."""
+
+
+# -- drivers ----------------------------------------------------------------------------------------
+class ExpertDriver:
+    """The autopilot, with privileged state: the reference every policy is compared with."""
+
+    name = "expert"
+
+    def describe(self) -> dict:
+        return {"kind": "expert", "name": "pure pursuit on the centerline (sim.expert.Expert)"}
+
+    def env_config(self) -> EnvConfig:
+        return EnvConfig()
+
+    def can_spawn(self) -> bool:
+        return True
+
+    def prepare_worker(self) -> None:
+        pass
+
+    def steer(self, envs: list, frames: list[np.ndarray]) -> np.ndarray:
+        expert = Expert()
+        return np.array([expert.steering(e) for e in envs], dtype=np.float32)
+
+
+class PolicyDriver:
+    """A trained policy: it sees only the camera frames (`policy.steer_batch`), nothing of `info`.
+
+    Give a policy folder (loaded lazily, so worker processes load their own copy) or a loaded policy.
+    """
+
+    name = "policy"
+
+    def __init__(self, model_dir: str | os.PathLike | None = None, device: str = "cpu", policy=None):
+        if model_dir is None and policy is None:
+            raise ValueError("PolicyDriver needs a model folder or a loaded policy")
+        self.model_dir = None if model_dir is None else str(model_dir)
+        self.device = device
+        self._policy = policy
+
+    @property
+    def policy(self):
+        if self._policy is None:
+            from .model import load_policy  # torch only for --model
+            self._policy = load_policy(self.model_dir, device=self.device)
+        return self._policy
+
+    def __getstate__(self) -> dict:  # workers load their own copy from the folder
+        return {"model_dir": self.model_dir, "device": self.device, "_policy": None}
+
+    def describe(self) -> dict:
+        card = self.policy.card
+        return {"kind": "model", "path": self.model_dir or str(getattr(self.policy, "folder", "")),
+                "arch": card.get("arch"), "data": card.get("data"), "training": card.get("training"),
+                "device": self.device}
+
+    def env_config(self) -> EnvConfig:
+        return self.policy.env_config()
+
+    def can_spawn(self) -> bool:
+        return self.model_dir is not None
+
+    def prepare_worker(self) -> None:
+        import torch
+        torch.set_num_threads(1)  # one core per worker process
+
+    def steer(self, envs: list, frames: list[np.ndarray]) -> np.ndarray:
+        out = np.asarray(self.policy.steer_batch(np.stack(frames)), dtype=np.float32).reshape(-1)
+        return np.clip(np.nan_to_num(out, nan=0.0), -1.0, 1.0)
+
+
+# -- one drive --------------------------------------------------------------------------------------
+@dataclass
+class _Drive:
+    """One track being driven: its env, the last frame and the per-step record."""
+
+    index: int
+    spec: str
+    env: DriveEnv
+    obs: np.ndarray
+    target_m: float  # metres of route in all its laps (for the progress bar)
+    reported_m: float = 0.0
+    record: dict = field(default_factory=lambda: {k: [] for k in STEP_KEYS})
+
+    def add(self, info: dict) -> None:
+        for k in STEP_KEYS:
+            self.record[k].append(info[k])
+
+    def result(self, laps: int, keep_trajectory: bool) -> dict:
+        steps = {k: np.asarray(v) for k, v in self.record.items()}
+        track = self.env.unwrapped.track
+        out = {"index": self.index, "spec": self.spec, "track": track.name,
+               "metrics": drive_metrics(steps, track.length, laps)}
+        if keep_trajectory:
+            out["trajectory"] = {k: steps[k].astype(np.float32 if k in ("x", "y", "cte") else steps[k].dtype)
+                                 for k in ("x", "y", "cte", "intervention")}
+        return out
+
+
+class _Video:
+    """The mp4 of the drive: world view with the camera inset, and a panel with the driver's steering
+    beside the expert's. Written under a temporary name, renamed when closed."""
+
+    PANEL_W = 220
+
+    def __init__(self, path: Path, max_frames: int, driver_name: str, fps: int, owner: int, info: dict):
+        import cv2
+        self.cv2 = cv2
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.stem}.tmp-{os.getpid()}.mp4")
+        self.max_frames = max_frames
+        self.driver_name = driver_name
+        self.fps = fps
+        self.writer = None
+        self.frames = 0
+        self.done = False
+        self.interventions = 0
+        self.owner = owner  # index of the drive filmed
+        self.info = info  # the env info of the frame about to be written
+
+    def add(self, env, steering: float, expert_steering: float) -> None:
+        if self.done:
+            return
+        cv2 = self.cv2
+        info = self.info
+        world = env.unwrapped.world_view()
+        h = world.shape[0]
+        panel = np.full((h, self.PANEL_W, 3), 24, np.uint8)
+        font = cv2.FONT_HERSHEY_SIMPLEX
+        white = (235, 235, 235)
+
+        def bar(y: int, value: float, colour: tuple, label: str) -> None:
+            x0, x1 = 14, self.PANEL_W - 14
+            mid = (x0 + x1) // 2
+            cv2.putText(panel, f"{label} {value:+.2f}", (x0, y - 8), font, 0.5, colour, 1, cv2.LINE_AA)
+            cv2.rectangle(panel, (x0, y), (x1, y + 16), (70, 70, 70), -1)
+            end = round(mid + value * (x1 - mid))
+            cv2.rectangle(panel, (min(mid, end), y), (max(mid, end), y + 16), colour, -1)
+            cv2.line(panel, (mid, y - 3), (mid, y + 19), white, 1)
+
+        bar(40, steering, (80, 170, 255), self.driver_name)
+        bar(100, expert_steering, (90, 220, 110), "expert")
+        cv2.putText(panel, "steering (-1 left, +1 right)", (14, 140), font, 0.38, white, 1, cv2.LINE_AA)
+        if info:
+            self.interventions += int(bool(info.get("intervention")))
+            lines = [info["track"][:22], f"lap {info['lap'] + 1}  {info['lap_time']:.1f} s",
+                     f"speed {info['speed'] * 3.6:.0f} km/h", f"cte {info['cte']:+.2f} m",
+                     f"interventions {self.interventions}"]
+            for i, text in enumerate(lines):
+                cv2.putText(panel, text, (14, 180 + 26 * i), font, 0.5, white, 1, cv2.LINE_AA)
+        if info and info.get("intervention"):
+            cv2.rectangle(world, (0, 0), (world.shape[1] - 1, h - 1), (255, 40, 40), 6)
+        frame = np.ascontiguousarray(np.concatenate([world, panel], axis=1)[:, :, ::-1])
+        if self.writer is None:
+            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
+                                          (frame.shape[1], frame.shape[0]))
+            if not self.writer.isOpened():
+                raise UserError(f"--video {self.path}: cannot write an mp4 there")
+        self.writer.write(frame)
+        self.frames += 1
+        if self.frames >= self.max_frames:
+            self.done = True
+
+    def close(self) -> dict | None:
+        if self.writer is None:
+            return None
+        self.writer.release()
+        self.writer = None
+        os.replace(self.tmp, self.path)
+        return {"path": str(self.path), "frames": self.frames, "fps": self.fps}
+
+
+def _max_steps(cfg: EnvConfig, length_m: float, laps: int) -> int:
+    """Room for three times the expert's lap time: a policy that stalls or turns round still ends."""
+    return int(3 * laps * length_m / (cfg.car.cruise_speed_mps * cfg.car.dt)) + 200
+
+
+def drive_tracks(driver, jobs: list[tuple[int, str]], cfg: EnvConfig, laps: int, seed: int, batch: int = 8,
+                 video: dict | None = None, keep_trajectory: bool = False, report=None) -> list[dict]:
+    """Drive every (index, spec) job, `batch` tracks at a time in lock step (one `driver.steer` call
+    per step for all of them). `report(metres, done_result)` is called as the drives progress."""
+    pending = deque(jobs)
+    active: list[_Drive] = []
+    results: list[dict] = []
+    recorder = None
+    expert = Expert()
+    while pending or active:
+        while pending and len(active) < batch:
+            index, spec = pending.popleft()
+            length = load_track(spec).length
+            env = DriveEnv(config=replace(cfg, track=spec, max_steps=_max_steps(cfg, length, laps)))
+            obs, info = env.reset(seed=seed + index)
+            active.append(_Drive(index, spec, env, obs, target_m=laps * length))
+            if video is not None and index == video["index"]:
+                recorder = _Video(Path(video["path"]), video["max_frames"], driver.name,
+                                  env.metadata["render_fps"], index, info)
+        steering = driver.steer([d.env for d in active], [d.obs for d in active])
+        still: list[_Drive] = []
+        for d, a in zip(active, steering):
+            filming = recorder is not None and recorder.owner == d.index
+            if filming:
+                recorder.add(d.env, float(a), expert.steering(d.env))
+            d.obs, _, terminated, truncated, info = d.env.step(np.array([a], dtype=np.float32))
+            d.add(info)
+            if filming:
+                recorder.info = info
+                recorder.done = recorder.done or info["lap_completed"]
+            if terminated or truncated:
+                result = d.result(laps, keep_trajectory)
+                if filming:
+                    result["video"] = recorder.close()
+                    recorder = None
+                results.append(result)
+                d.env.close()
+                if report:
+                    report(d.target_m - d.reported_m, result)
+                continue
+            still.append(d)
+            gained = min(max(info["progress_m"], 0.0), d.target_m) - d.reported_m
+            if report and gained > 0:
+                d.reported_m += gained
+                report(gained, None)
+        active = still
+    return results
+
+
+def _worker(driver, jobs, cfg, laps, seed, batch, video, keep_trajectory, queue) -> None:
+    """A worker process: drives its share of the tracks, streaming progress and results to `queue`."""
+    try:
+        driver.prepare_worker()
+        pending = [0.0, time.perf_counter()]
+
+        def report(metres: float, result: dict | None) -> None:
+            pending[0] += metres
+            now = time.perf_counter()
+            if result is not None or now - pending[1] > 0.25:
+                queue.put(("progress", pending[0], result))
+                pending[0], pending[1] = 0.0, now
+
+        drive_tracks(driver, jobs, cfg, laps, seed, batch, video, keep_trajectory, report)
+    except UserError as e:
+        queue.put(("error", str(e), None))
+    except BaseException:  # noqa: BLE001 -- shown by the parent, which owns the terminal
+        queue.put(("crash", traceback.format_exc(), None))
+    finally:
+        queue.put(("exit", 0.0, None))
+
+
+def _run(driver, specs: list[str], cfg: EnvConfig, laps: int, seed: int, workers: int, batch: int,
+         video: dict | None, keep_trajectory: bool, label: str, show_progress: bool) -> list[dict]:
+    """Drive all specs (in this process or `workers` processes) with a progress bar; results in spec order."""
+    total_m = sum(laps * load_track(s).length for s in specs)
+    jobs = list(enumerate(specs))
+    results: list[dict] = []
+    clean = [0]
+    with contextlib.ExitStack() as stack:
+        stream = sys.stderr if show_progress else stack.enter_context(open(os.devnull, "w"))
+        bar = stack.enter_context(Progress(total_m / 1000.0, label, unit="km", stream=stream))
+
+        def on_progress(metres: float, result: dict | None) -> None:
+            if result is not None:
+                results.append(result)
+                clean[0] += result["metrics"]["laps_completed"]
+                bar.update(metres / 1000.0, tracks=f"{len(results)}/{len(specs)}", clean_laps=clean[0])
+            else:
+                bar.update(metres / 1000.0)
+
+        workers = max(1, min(workers, len(specs)))
+        if workers == 1 or not driver.can_spawn():
+            drive_tracks(driver, jobs, cfg, laps, seed, batch, video, keep_trajectory, on_progress)
+        else:
+            _run_processes(driver, jobs, cfg, laps, seed, workers, batch, video, keep_trajectory, on_progress)
+    return sorted(results, key=lambda r: r["index"])
+
+
+def _run_processes(driver, jobs, cfg, laps, seed, workers, batch, video, keep_trajectory, on_progress) -> None:
+    ctx = mp.get_context("spawn")  # no fork of a process that may hold torch threads
+    queue = ctx.Queue()
+    shares = [jobs[i::workers] for i in range(workers)]
+    procs = [ctx.Process(target=_worker, daemon=True,
+                         args=(driver, share, cfg, laps, seed, batch,
+                               video if video and any(i == video["index"] for i, _ in share) else None,
+                               keep_trajectory, queue))
+             for share in shares]
+    for p in procs:
+        p.start()
+    error = None
+    try:
+        running = len(procs)
+        while running:
+            kind, value, result = queue.get()
+            if kind == "exit":
+                running -= 1
+            elif kind == "progress":
+                on_progress(value, result)
+            elif error is None:
+                error = (kind, value)
+        for p in procs:
+            p.join()
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+    if error is not None:
+        if error[0] == "error":
+            raise UserError(error[1])
+        raise RuntimeError(f"an evaluation worker failed:\n{error[1]}")
+
+
+# -- plots ------------------------------------------------------------------------------------------
+def plot_drive(path: Path, spec: str, trajectory: dict, metrics: dict, title: str) -> Path:
+    """A PNG of the track map with the trajectory coloured by |cross-track error| and the
+    interventions marked; written atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+
+    track = load_track(spec)
+    left, right = track.edges()
+    fig, ax = plt.subplots(figsize=(7, 6.2), dpi=100)
+    for edge in (left, right):
+        closed = np.vstack([edge, edge[:1]])
+        ax.plot(closed[:, 0], closed[:, 1], color="0.55", lw=0.8)
+    x, y = trajectory["x"].astype(float), trajectory["y"].astype(float)
+    cte = np.abs(trajectory["cte"].astype(float))
+    pts = np.stack([x, y], axis=1)
+    segs = np.stack([pts[:-1], pts[1:]], axis=1)
+    jump = np.hypot(*(pts[1:] - pts[:-1]).T) > 5.0  # do not draw the teleport of an intervention
+    vmax = max(1.0, float(np.percentile(cte, 99))) if cte.size else 1.0
+    lc = LineCollection(segs[~jump], cmap="viridis", norm=plt.Normalize(0, vmax), linewidths=1.6)
+    lc.set_array(cte[1:][~jump])
+    ax.add_collection(lc)
+    fig.colorbar(lc, ax=ax, fraction=0.04, pad=0.02, label="|cross-track error| (m)")
+    hit = np.asarray(trajectory["intervention"], dtype=bool)
+    if hit.any():
+        ax.scatter(x[hit], y[hit], marker="x", s=60, color="red", zorder=5,
+                   label=f"interventions ({int(hit.sum())})")
+        ax.legend(loc="upper right", fontsize=8)
+    start = track.point_at(0.0)
+    ax.plot(*start, marker="o", color="black", ms=5)
+    ax.set_aspect("equal")
+    ax.set_xlabel("x (m)")
+    ax.set_ylabel("y (m)")
+    ax.set_title(f"{title}\nclean laps {metrics['laps_completed']}/{metrics['laps_attempted']}, "
+                 f"route {metrics['route_completion'] * 100:.0f}%, mean |cte| {metrics['mean_abs_cte_m']:.2f} m, "
+                 f"autonomy {metrics['autonomy_pct']:.0f}%", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "track"
+
+
+# -- the whole evaluation -------------------------------------------------------------------------
+def evaluate(driver, tracks_spec: str, laps: int = 1, *, seed: int = 0, randomise_palette: bool = False,
+             workers: int = 1, batch: int = 8, video: str | os.PathLike | None = None,
+             video_frames: int = VIDEO_FRAMES, plot_dir: str | os.PathLike | None = None,
+             compare_expert: bool = False, command: str | None = None, show_progress: bool = True) -> dict:
+    """Drive `laps` laps of every track in `tracks_spec` with `driver` (ExpertDriver or PolicyDriver)
+    and return the report: {"summary", "tracks", "driver", "command", ...} (JSON-ready, NaN as None)."""
+    if laps < 1:
+        raise UserError(f"--laps {laps}: must be at least 1")
+    if workers < 1:
+        raise UserError(f"--workers {workers}: must be at least 1")
+    if batch < 1:
+        raise UserError(f"--batch {batch}: must be at least 1")
+    if video is not None and video_frames < 1:
+        raise UserError(f"--video-frames {video_frames}: must be at least 1")
+    specs = parse_spec(tracks_spec)
+    cfg = replace(driver.env_config(), track=tracks_spec, off_track="recover", laps=laps, throttle=False,
+                  randomise_palette=randomise_palette, random_start=False)
+    if isinstance(driver, PolicyDriver):
+        driver.policy.check_env(cfg)
+    video_job = None if video is None else {"index": 0, "path": str(video), "max_frames": int(video_frames)}
+    keep = plot_dir is not None
+
+    t0 = time.perf_counter()
+    results = _run(driver, specs, cfg, laps, seed, workers, batch, video_job, keep, f"eval {driver.name}",
+                   show_progress)
+    wall = time.perf_counter() - t0
+    expert_results = None
+    if compare_expert and not isinstance(driver, ExpertDriver):
+        expert_results = _run(ExpertDriver(), specs, cfg, laps, seed, workers, batch, None, False,
+                              "eval expert", show_progress)
+
+    rows = []
+    for i, r in enumerate(results):
+        row = {"track": r["track"], "spec": r["spec"], **r["metrics"]}
+        if expert_results is not None:
+            row["expert"] = expert_results[i]["metrics"]
+        rows.append(row)
+    summary = summarise([r["metrics"] for r in results])
+    summary["wall_s"] = wall
+    summary["realtime_factor"] = summary["elapsed_s"] / wall if wall > 0 else float("nan")
+    if expert_results is not None:
+        summary["expert"] = summarise([r["metrics"] for r in expert_results])
+
+    report = {
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command if command is not None else " ".join(["run_drive.py", *sys.argv[1:]]),
+        "driver": driver.describe(),
+        "settings": {"tracks": tracks_spec, "laps": laps, "seed": seed, "randomise_palette": randomise_palette,
+                     "workers": workers, "batch": batch, "env": cfg.to_dict()},
+        "summary": summary,
+        "tracks": rows,
+    }
+    videos = [r["video"] for r in results if r.get("video")]
+    if videos:
+        report["video"] = videos[0]
+    if plot_dir is not None:
+        plots = []
+        for r in results:
+            path = Path(plot_dir) / f"{r['index']:03d}_{_slug(r['track'])}.png"
+            plots.append(str(plot_drive(path, r["spec"], r["trajectory"], r["metrics"],
+                                        f"{driver.name} on {r['track']}")))
+        report["plots"] = plots
+    return json_safe(report)
+
+
+def format_table(report: dict) -> str:
+    """The per-track table and an 'all' row, with the expert's figures beside when compared."""
+    compare = "expert" in report["summary"]
+
+    def pct(v):
+        return "-" if v is None else f"{v * 100:.0f}%"
+
+    def num(v, fmt="{:.2f}"):
+        return "-" if v is None else fmt.format(v)
+
+    headers = ["track", "laps", "clean", "route", "off/km", "|cte| m", "autonomy", "lap s"]
+    if compare:
+        headers += ["expert clean", "expert |cte| m"]
+
+    def cells(name, r):
+        row = [name, str(r["laps_attempted"]), str(r["laps_completed"]), pct(r["route_completion"]),
+               num(r["off_track_per_km"]), num(r["mean_abs_cte_m"]), num(r["autonomy_pct"], "{:.1f}%"),
+               num(r["mean_lap_time_s"], "{:.1f}")]
+        if compare:
+            e = r["expert"]
+            row += [f"{e['laps_completed']}/{e['laps_attempted']}", num(e["mean_abs_cte_m"])]
+        return row
+
+    rows = [cells(r["track"], r) for r in report["tracks"]]
+    rows.append(cells("all", report["summary"]))
+    return table(headers, rows, title=f"closed-loop evaluation: {report['driver']['kind']}")
+
+
+def write_json(path: str | os.PathLike, report: dict) -> Path:
+    """Write the report atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+# -- command line -------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--expert", action="store_true", help="evaluate the autopilot (no torch needed)")
+    who.add_argument("--model", metavar="MODEL_DIR", help="a policy folder made by `train`")
+    parser.add_argument("--tracks", default="procedural:1000-1019", metavar="SPEC",
+                        help="tracks to drive (default procedural:1000-1019, never used for training)")
+    parser.add_argument("--laps", type=int, default=1, help="laps per track (default 1)")
+    parser.add_argument("--json", metavar="PATH", help="write the full report as JSON here")
+    parser.add_argument("--compare-expert", action="store_true", help="also drive the expert; figures side by side")
+    parser.add_argument("--video", metavar="PATH", help="mp4 of the first lap of the first track")
+    parser.add_argument("--video-frames", type=int, default=VIDEO_FRAMES,
+                        help=f"at most this many video frames (default {VIDEO_FRAMES}, 20 per second)")
+    parser.add_argument("--plot", metavar="DIR", help="one PNG per track: trajectory coloured by |cte|")
+    parser.add_argument("--randomise-palette", action="store_true", help="new colours on every track")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first track's episode (default 0)")
+    parser.add_argument("--workers", type=int, default=1, help="processes driving tracks in parallel (default 1)")
+    parser.add_argument("--batch", type=int, default=8,
+                        help="tracks stepped in lock step per process, one policy call for all (default 8)")
+    parser.add_argument("--device", default="cpu", help="torch device for --model (default cpu)")
+
+
+def main(args: argparse.Namespace) -> int:
+    driver = ExpertDriver() if args.expert else PolicyDriver(args.model, device=args.device)
+    report = evaluate(driver, args.tracks, args.laps, seed=args.seed, randomise_palette=args.randomise_palette,
+                      workers=args.workers, batch=args.batch, video=args.video, video_frames=args.video_frames,
+                      plot_dir=args.plot, compare_expert=args.compare_expert)
+    print(format_table(report))
+    s = report["summary"]
+    rc = "-" if s["route_completion"] is None else f"{s['route_completion'] * 100:.1f}%"
+    print(f"\nclean laps {s['laps_completed']}/{s['laps_attempted']}, route completion {rc}, "
+          f"interventions {s['interventions']}, autonomy {_or_dash(s['autonomy_pct'], '{:.1f}%')}")
+    print(f"simulated {s['elapsed_s'] / 60:.1f} min of driving ({s['distance_km']:.1f} km) in {s['wall_s']:.1f} s: "
+          f"{_or_dash(s['realtime_factor'], '{:.0f}')}x real time")
+    if "video" in report:
+        print(f"video: {report['video']['path']} ({report['video']['frames']} frames)")
+    if "plots" in report:
+        print(f"plots: {Path(args.plot)} ({len(report['plots'])} PNG)")
+    if args.json:
+        print(f"json: {write_json(args.json, report)}")
+    return 0
+
+
+def _or_dash(v, fmt: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
