@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import re
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -159,7 +160,7 @@ def record_one(spec: str, laps: int, folder: str, env_cfg: EnvConfig, noise: flo
                     progress(len(w) - last_reported)
                 last_reported = len(w)
                 if parent_pid is not None and os.getppid() != parent_pid:
-                    break
+                    raise _Orphaned(folder)  # the writer keeps the chunks, marks the drive unfinished
             obs, _reward, terminated, truncated, info = env.step(np.array([executed], np.float32))
             if terminated or truncated:
                 # The final state gets its label too: it is a valid (frame, steering) pair.
@@ -173,10 +174,17 @@ def record_one(spec: str, laps: int, folder: str, env_cfg: EnvConfig, noise: flo
                        wall_s=time.perf_counter() - t0)
 
 
+class _Orphaned(Exception):
+    """The recorder that started this worker is gone (killed): stop writing."""
+
+
 def _worker(spec, laps, folder, env_cfg, noise, seed, chunk_steps, parent_pid) -> DriveResult:
     q = _progress_queue
-    return record_one(spec, laps, folder, env_cfg, noise, seed, chunk_steps,
-                      progress=(lambda n: q.put(n)) if q is not None else None, parent_pid=parent_pid)
+    try:
+        return record_one(spec, laps, folder, env_cfg, noise, seed, chunk_steps,
+                          progress=(lambda n: q.put(n)) if q is not None else None, parent_pid=parent_pid)
+    except _Orphaned:
+        os._exit(0)
 
 
 # -- many drives -----------------------------------------------------------------------------------------
@@ -195,14 +203,19 @@ def check_out_dir(out: str | os.PathLike) -> Path:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
     if not out.exists():
-        if not out.parent.is_dir():
+        if not out.parent.exists():
             raise UserError(f"--out {out}: parent folder {out.parent} does not exist")
+        if not out.parent.is_dir():
+            raise UserError(f"--out {out}: {out.parent} is not a folder")
         try:
             out.mkdir()
         except OSError as e:
             raise UserError(f"--out {out}: cannot create folder ({e.strerror})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out}: folder is not writable")
+    try:  # a real write, not os.access: root, read-only mounts and ACLs all answer truthfully
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise UserError(f"--out {out}: folder is not writable ({e.strerror})") from None
     return out
 
 

@@ -115,8 +115,22 @@ class DriveWriter:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        """Keep what was driven but mark the drive unfinished (no summary): used when the recording
+        is interrupted (Ctrl-C, a dead parent, an error)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.flush()
+        except OSError:
+            pass  # e.g. disk full: the chunks already on disk stay intact
 
     def __len__(self) -> int:
         return self.frames_written + len(self._frames)
