@@ -1,9 +1,26 @@
-"""Pygame windows. The only module in sim/ that imports pygame, and only when a window is wanted."""
+"""Pygame windows for people: the one module in sim/ that imports pygame.
+
+`ImageWindow` shows pictures (env `render_mode="human"`). `DriveViewer` is the driving window of
+`play` and `watch`: the world around the car, the network's camera frame as an inset, a HUD. The
+steering inputs (keyboard, mouse, gamepad) are small classes with a pure `step` so tests can drive
+them without a person; the loops that use them live in `data/play.py` and `agent/watch.py`.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import pygame
+
+from .render import Camera, CameraConfig
+
+LEFT_KEYS = (pygame.K_LEFT, pygame.K_a)
+RIGHT_KEYS = (pygame.K_RIGHT, pygame.K_d)
+UP_KEYS = (pygame.K_UP, pygame.K_w)
+DOWN_KEYS = (pygame.K_DOWN, pygame.K_s)
 
 
 class ImageWindow:
@@ -24,3 +41,422 @@ class ImageWindow:
 
     def close(self) -> None:
         pygame.display.quit()
+
+
+# -- commands and steering inputs -------------------------------------------------------------------
+
+def command_for(event: pygame.event.Event) -> str | None:
+    """The window command an event means: quit, pause, restart, takeover, faster, slower (or None)."""
+    if event.type == pygame.QUIT:
+        return "quit"
+    if event.type != pygame.KEYDOWN:
+        return None
+    return {
+        pygame.K_ESCAPE: "quit", pygame.K_p: "pause", pygame.K_r: "restart",
+        pygame.K_t: "takeover", pygame.K_SPACE: "takeover",
+        pygame.K_PLUS: "faster", pygame.K_EQUALS: "faster", pygame.K_KP_PLUS: "faster",
+        pygame.K_MINUS: "slower", pygame.K_KP_MINUS: "slower",
+    }.get(event.key)
+
+
+class KeyboardSteering:
+    """Smooth steering from keys (arrows or A/D): the command ramps towards full lock while a key
+    is held and glides back to centre when it is released, once per control period. Bang-bang
+    -1/0/+1 labels would teach a network to jerk the wheel."""
+
+    kind = "keyboard"
+
+    def __init__(self, dt: float = 0.05, ramp_s: float = 0.5, return_s: float = 0.25):
+        self.up_rate = dt / ramp_s  # change per step while a key is held
+        self.back_rate = dt / return_s  # change per step towards centre (also when reversing)
+        self.value = 0.0
+        self.held: set[str] = set()
+
+    def handle(self, event: pygame.event.Event) -> bool:
+        """Track held keys from KEYDOWN/KEYUP (posted events do not update pygame.key.get_pressed)."""
+        if event.type not in (pygame.KEYDOWN, pygame.KEYUP):
+            return False
+        name = ("left" if event.key in LEFT_KEYS else "right" if event.key in RIGHT_KEYS
+                else "up" if event.key in UP_KEYS else "down" if event.key in DOWN_KEYS else None)
+        if name is None:
+            return False
+        (self.held.add if event.type == pygame.KEYDOWN else self.held.discard)(name)
+        return True
+
+    def step(self, left: bool, right: bool) -> float:
+        """Advance one control period with these keys held; returns the command in [-1, 1]."""
+        target = -1.0 if left and not right else 1.0 if right and not left else 0.0
+        v = self.value
+        if target == 0.0:  # released: glide back to centre
+            v = max(0.0, v - self.back_rate) if v > 0 else min(0.0, v + self.back_rate)
+        elif v * target < 0:  # the other key: the wheel comes back and turns over, faster than either alone
+            v = max(-1.0, min(1.0, v + target * (self.back_rate + self.up_rate)))
+        else:
+            v = max(-1.0, min(1.0, v + target * self.up_rate))
+        self.value = v = 0.0 if abs(v) < 1e-9 else v  # float steps must land exactly on centre
+        return v
+
+    def update(self) -> float:
+        return self.step("left" in self.held, "right" in self.held)
+
+    def throttle(self) -> float:
+        return float("up" in self.held) - float("down" in self.held)
+
+    @property
+    def touched(self) -> bool:
+        """The person is steering (a key is held or the wheel has not yet come back to centre)."""
+        return bool(self.held & {"left", "right"}) or abs(self.value) > 1e-6
+
+    def reset(self) -> None:
+        self.value = 0.0
+        self.held.clear()
+
+
+class MouseSteering:
+    """Steering from the mouse's horizontal position: the window centre is straight ahead, the
+    edges of the central `span` fraction are full lock. Buttons: left accelerates, right brakes."""
+
+    kind = "mouse"
+
+    def __init__(self, width: int, span: float = 0.8):
+        self.centre = width / 2.0
+        self.half = max(1.0, span * width / 2.0)
+        self.x = self.centre
+        self.buttons = (False, False)
+        self.moved = False
+
+    def handle(self, event: pygame.event.Event) -> bool:
+        if event.type == pygame.MOUSEMOTION:
+            self.x = float(event.pos[0])
+            self.moved = True
+            return True
+        if event.type in (pygame.MOUSEBUTTONDOWN, pygame.MOUSEBUTTONUP) and event.button in (1, 3):
+            down = event.type == pygame.MOUSEBUTTONDOWN
+            self.buttons = (down, self.buttons[1]) if event.button == 1 else (self.buttons[0], down)
+            return True
+        return False
+
+    def step(self, x: float) -> float:
+        return max(-1.0, min(1.0, (x - self.centre) / self.half))
+
+    def update(self) -> float:
+        return self.step(self.x)
+
+    def throttle(self) -> float:
+        return float(self.buttons[0]) - float(self.buttons[1])
+
+    @property
+    def touched(self) -> bool:
+        return self.moved and abs(self.update()) > 0.05
+
+    def reset(self) -> None:
+        pass
+
+
+class GamepadSteering:
+    """Steering from a gamepad's axis 0 (left stick) with a small dead zone; axis 1 pushed forward
+    accelerates, pulled back brakes. `read_axis(i)` is injectable so tests need no device."""
+
+    kind = "gamepad"
+
+    def __init__(self, read_axis: Callable[[int], float] | None = None, deadzone: float = 0.08):
+        if read_axis is None:
+            pygame.joystick.init()
+            stick = pygame.joystick.Joystick(0)
+            read_axis = stick.get_axis
+            self.name = stick.get_name()
+        else:
+            self.name = "custom"
+        self.read_axis = read_axis
+        self.deadzone = deadzone
+
+    def handle(self, event: pygame.event.Event) -> bool:
+        return event.type == pygame.JOYAXISMOTION
+
+    def _axis(self, i: int) -> float:
+        v = float(self.read_axis(i))
+        if abs(v) < self.deadzone:
+            return 0.0
+        return max(-1.0, min(1.0, math.copysign((abs(v) - self.deadzone) / (1 - self.deadzone), v)))
+
+    def update(self) -> float:
+        return self._axis(0)
+
+    def throttle(self) -> float:
+        return -self._axis(1)
+
+    @property
+    def touched(self) -> bool:
+        return self._axis(0) != 0.0
+
+    def reset(self) -> None:
+        pass
+
+
+INPUTS = ("auto", "keyboard", "mouse", "gamepad")
+
+
+def make_input(name: str, dt: float, window_width: int):
+    """The steering input for `--input`: auto means a gamepad if one is connected, else the keyboard."""
+    if name not in INPUTS:
+        raise ValueError(f"unknown input {name!r} (choose from {', '.join(INPUTS)})")
+    if name in ("auto", "gamepad"):
+        pygame.joystick.init()
+        if pygame.joystick.get_count() > 0:
+            return GamepadSteering()
+        if name == "gamepad":
+            from .errors import UserError
+            raise UserError("--input gamepad: no gamepad is connected (try --input keyboard)")
+        name = "keyboard"
+    if name == "mouse":
+        return MouseSteering(window_width)
+    return KeyboardSteering(dt)
+
+
+# -- the driving window ---------------------------------------------------------------------------
+
+@dataclass
+class Hud:
+    """What the HUD shows besides the env's info; filled in by the loop each frame."""
+
+    mode: str = "play"  # "play", "watch" or "assist"
+    steering: float = 0.0  # the command the car gets now
+    policy_steering: float | None = None  # watch/assist: what the network says
+    expert_steering: float | None = None  # watch: what the autopilot would do
+    throttle: float | None = None
+    recording: bool = False
+    paused: bool = False
+    person_driving: bool = True  # watch/assist: False while the policy has control
+    interventions: int = 0
+    speedup: int = 1
+    input_name: str = "keyboard"
+    laps_target: int | None = None
+    drives_saved: int = 0
+    message: str = ""
+    inset_overlay: np.ndarray | None = None  # RGB picture shown instead of the camera frame (saliency)
+
+
+BG = (24, 26, 30)
+FG = (232, 232, 232)
+DIM = (150, 155, 165)
+RED = (230, 40, 40)
+BLUE = (80, 160, 255)
+YELLOW = (250, 200, 40)
+GREEN = (90, 210, 110)
+
+
+class DriveViewer:
+    """The play/watch window: world view on the left (with the camera inset), HUD panel on the right.
+
+    `events()` reads from `event_source` (pygame.event.get by default): tests post real pygame
+    events and the same loop code handles them."""
+
+    def __init__(self, title: str = "E2E Drive", world_px: int = 560, view_m: float = 80.0,
+                 panel_px: int = 300, event_source: Callable[[], list] | None = None):
+        pygame.display.init()
+        pygame.font.init()
+        pygame.display.set_caption(title)
+        self.world_px, self.view_m, self.panel_px = world_px, view_m, panel_px
+        self.size = (world_px + panel_px, world_px)
+        self.screen = pygame.display.set_mode(self.size)
+        self.event_source = event_source or pygame.event.get
+        self.font = _font(20)
+        self.small = _font(16)
+        self.big = _font(34, bold=True)
+        self._cam: Camera | None = None
+        self._cam_key: tuple | None = None
+        self._minimap: tuple | None = None
+        self.frame_no = 0
+        self._texts: dict[tuple, pygame.Surface] = {}
+
+    def events(self) -> list:
+        return list(self.event_source())
+
+    def draw(self, env, info: dict, obs: np.ndarray, hud: Hud) -> None:
+        """Draw one frame of the window from the env's state and the HUD data."""
+        e = env.unwrapped
+        self.frame_no += 1
+        self.screen.fill(BG, (self.world_px, 0, self.panel_px, self.world_px))
+        self.screen.blit(_surface(self._world(e)), (0, 0))
+        self._inset(hud.inset_overlay if hud.inset_overlay is not None else obs,
+                    "saliency" if hud.inset_overlay is not None else "network input")
+        self._panel(e, info, hud)
+        if hud.paused:
+            self._banner("PAUSED  (P to go on)")
+        elif hud.message:
+            self._banner(hud.message)
+        pygame.display.flip()
+
+    def screenshot(self) -> np.ndarray:
+        """The window as an RGB array (H, W, 3): for tests and videos."""
+        return pygame.surfarray.array3d(self.screen).swapaxes(0, 1).copy()
+
+    def close(self) -> None:
+        pygame.display.quit()
+
+    # -- pieces ------------------------------------------------------------------------------
+    def _world(self, e) -> np.ndarray:
+        key = (id(e.track), e.cfg.car)
+        if self._cam_key != key:
+            cfg = CameraConfig(width=self.world_px, height=self.world_px, view_width_m=self.view_m,
+                               car_row=0.7, map_res_m=e.cfg.camera.map_res_m)
+            self._cam = Camera(e.track, cfg, e.cfg.car.length_m, e.cfg.car.width_m, e.cfg.car.wheelbase_m)
+            self._cam_key = key
+            self._minimap = None
+        self._cam.set_palette(e.palette)
+        return self._cam.render(e.car.x, e.car.y, e.car.yaw)
+
+    def _inset(self, rgb: np.ndarray, label: str) -> None:
+        h, w = rgb.shape[:2]
+        box = 200
+        scale = box / max(h, w)
+        size = (max(1, int(w * scale)), max(1, int(h * scale)))
+        surf = pygame.transform.scale(_surface(rgb), size)
+        x0, y0 = 10, 10
+        pygame.draw.rect(self.screen, (0, 0, 0), (x0 - 3, y0 - 3, size[0] + 6, size[1] + 26))
+        pygame.draw.rect(self.screen, FG, (x0 - 3, y0 - 3, size[0] + 6, size[1] + 26), 1)
+        self.screen.blit(surf, (x0, y0))
+        self._text(f"{label} {w}x{h}", (x0 + 2, y0 + size[1] + 3), self.small, FG)
+
+    def _panel(self, e, info: dict, hud: Hud) -> None:
+        x0 = self.world_px + 16
+        width = self.panel_px - 32
+        y = 12
+        title = {"play": "PLAY", "watch": "WATCH", "assist": "ASSIST"}.get(hud.mode, hud.mode.upper())
+        self._text(f"E2E Drive  {title}", (x0, y), self.font, FG)
+        if hud.recording:  # a red light that blinks once a second (at 20 frames per second)
+            on = (self.frame_no // 10) % 2 == 0 or hud.paused
+            cx = self.world_px + self.panel_px - 60
+            pygame.draw.circle(self.screen, RED if on else (90, 30, 30), (cx, y + 11), 8)
+            self._text("REC", (cx + 12, y + 2), self.font, RED if on else DIM)
+        y += 30
+        self._text(_short(str(info.get("track", "")), 30), (x0, y), self.small, DIM)
+        y += 26
+        self._text(f"{info.get('speed', 0.0) * 3.6:5.0f}", (x0, y), self.big, FG)
+        self._text("km/h", (x0 + 100, y + 12), self.font, DIM)
+        if hud.throttle is not None:
+            self._bar(x0 + 160, y + 14, width - 160, hud.throttle, GREEN, centred=True)
+        y += 48
+
+        self._text("steering", (x0, y), self.small, DIM)
+        y += 18
+        self._bar(x0, y, width, hud.steering, FG if hud.person_driving else BLUE, centred=True, height=16)
+        y += 22
+        if hud.policy_steering is not None:
+            self._text(f"policy  {hud.policy_steering:+.2f}", (x0, y), self.small, BLUE)
+            self._bar(x0 + 120, y + 3, width - 120, hud.policy_steering, BLUE, centred=True, height=10)
+            y += 20
+        if hud.expert_steering is not None:
+            self._text(f"expert  {hud.expert_steering:+.2f}", (x0, y), self.small, YELLOW)
+            self._bar(x0 + 120, y + 3, width - 120, hud.expert_steering, YELLOW, centred=True, height=10)
+            y += 20
+        y += 6
+
+        laps = f"{info.get('lap', 0) + 1}" + (f" / {hud.laps_target}" if hud.laps_target else "")
+        rows = [
+            ("lap", laps),
+            ("lap time", _clock(info.get("lap_time", 0.0))),
+            ("last lap", _clock(info["last_lap_time"]) if info.get("lap", 0) > 0 else "--"),
+            ("lap done", f"{100 * info.get('lap_fraction', 0.0):.0f} %"),
+            ("cross-track", f"{info.get('cte', 0.0):+.2f} m"),
+            ("off track", str(info.get("off_track_count", 0))),
+        ]
+        if hud.mode != "play":
+            rows.append(("interventions", str(hud.interventions)))
+            rows.append(("control", "YOU" if hud.person_driving else "POLICY"))
+        if hud.mode == "watch":
+            rows.append(("speed-up", f"{hud.speedup}x"))
+        if hud.mode != "watch":
+            rows.append(("drives saved", str(hud.drives_saved)))
+        rows.append(("input", hud.input_name))
+        for name, value in rows:
+            self._text(name, (x0, y), self.font, DIM)
+            colour = FG
+            if name == "control":
+                colour = YELLOW if hud.person_driving else BLUE
+            if name == "off track" and info.get("off_track_count", 0):
+                colour = RED
+            self._text(value, (x0 + 140, y), self.font, colour)
+            y += 25
+
+        y += 4
+        self._minimap_draw(e, (x0, y, width, self.world_px - y - 74))
+
+        help_lines = {
+            "play": ["arrows/WASD steer   P pause", "R restart lap   Esc save + quit"],
+            "assist": ["steer to take over, let go to hand back", "P pause   R restart   Esc save + quit"],
+            "watch": ["T/Space take over   arrows steer", "+/- speed   P pause   Esc quit"],
+        }.get(hud.mode, [])
+        hy = self.world_px - 22 * len(help_lines) - 8
+        for line in help_lines:
+            self._text(line, (x0, hy), self.small, DIM)
+            hy += 22
+
+    def _minimap_draw(self, e, rect: tuple[int, int, int, int]) -> None:
+        x, y, w, h = rect
+        if h < 40:
+            return
+        if self._minimap is None or self._minimap[0] != rect:
+            lo, hi = e.track.bounds
+            scale = min(w / max(hi[0] - lo[0], 1e-6), h / max(hi[1] - lo[1], 1e-6))
+            ox = x + (w - (hi[0] - lo[0]) * scale) / 2
+            oy = y + (h + (hi[1] - lo[1]) * scale) / 2
+            pts = [(ox + (px - lo[0]) * scale, oy - (py - lo[1]) * scale) for px, py in e.track.xy[::4]]
+            self._minimap = (rect, lo, scale, ox, oy, pts)
+        _, lo, scale, ox, oy, pts = self._minimap
+        pygame.draw.lines(self.screen, (120, 120, 128), True, pts, 3)
+        s0 = e.track.point_at(0.0)
+        pygame.draw.circle(self.screen, FG, (int(ox + (s0[0] - lo[0]) * scale), int(oy - (s0[1] - lo[1]) * scale)), 3)
+        pygame.draw.circle(self.screen, RED, (int(ox + (e.car.x - lo[0]) * scale),
+                                              int(oy - (e.car.y - lo[1]) * scale)), 5)
+
+    def _bar(self, x: int, y: int, w: int, value: float, colour, centred: bool, height: int = 12) -> None:
+        pygame.draw.rect(self.screen, (60, 64, 72), (x, y, w, height))
+        v = max(-1.0, min(1.0, float(value)))
+        mid = x + w // 2
+        if v >= 0:
+            pygame.draw.rect(self.screen, colour, (mid, y, int(v * w / 2), height))
+        else:
+            pygame.draw.rect(self.screen, colour, (mid + int(v * w / 2), y, int(-v * w / 2), height))
+        pygame.draw.line(self.screen, FG, (mid, y - 2), (mid, y + height + 1), 1)
+
+    def _banner(self, text: str) -> None:
+        surf = self.big.render(text, True, FG)
+        r = surf.get_rect(center=(self.world_px // 2, self.world_px // 2 - 60))
+        pygame.draw.rect(self.screen, (0, 0, 0), r.inflate(24, 14))
+        self.screen.blit(surf, r)
+
+    def _text(self, text: str, pos: tuple[float, float], font, colour) -> None:
+        key = (text, id(font), colour)
+        surf = self._texts.get(key)
+        if surf is None:  # most HUD strings repeat frame after frame: render each once
+            if len(self._texts) > 2000:
+                self._texts.clear()
+            surf = self._texts[key] = font.render(text, True, colour)
+        self.screen.blit(surf, pos)
+
+
+def _font(size: int, bold: bool = False):
+    """DejaVu Sans when the system has it (crisp digits), else pygame's bundled font."""
+    try:
+        path = pygame.font.match_font("dejavusans,dejavusansmono,freesans,arial", bold=bold)
+    except (OSError, ValueError, RuntimeError):  # fc-list missing or broken: fall back to the bundled font
+        path = None
+    return pygame.font.Font(path, size) if path else pygame.font.Font(None, int(size * 1.3))
+
+
+def _surface(rgb: np.ndarray) -> pygame.Surface:
+    """An RGB array as a surface without transposing (surfarray wants (W, H, 3): a slow copy)."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    return pygame.image.frombuffer(rgb.tobytes(), (rgb.shape[1], rgb.shape[0]), "RGB")
+
+
+def _clock(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "--:--.-"
+    m, s = divmod(float(seconds), 60.0)
+    return f"{int(m):02d}:{s:04.1f}"
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else "..." + text[-(n - 3):]
