@@ -1,0 +1,374 @@
+"""Recorded drives to training batches: load, clean, split by drive, balance, augment.
+
+Frames are decoded once into memory as uint8. Each training sample is one recorded frame, possibly
+re-rendered from a pose shifted sideways or rotated (PilotNet's side cameras, done exactly: the
+simulator draws what the camera would have seen there, and the expert says how to steer back),
+mirrored with its steering negated, and jittered in light, colour, shadow and noise. Batches end in
+`agent.preprocess.preprocess`, the function the driving policy calls too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from data.recording import find_drives, read_drive
+from sim.car import CarConfig, CarState
+from sim.env import EnvConfig
+from sim.errors import UserError
+from sim.expert import expert_steering
+from sim.render import N_LABELS, Camera, CameraConfig, default_palette
+from sim.track import Track, load_track
+
+from .preprocess import preprocess
+
+EXPERT_SOURCES = ("autopilot", "expert", "dagger")  # labels are the expert's own: shifted labels are exact
+SMOOTH_SOURCES = ("keyboard",)  # step-like labels that `smooth=None` smooths by default
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """How each training frame is varied. Probabilities are per sample."""
+
+    shift_prob: float = 0.5  # re-render from a shifted/rotated pose with a corrective label
+    max_shift_m: float = 1.5  # sideways, either way
+    max_rotate_deg: float = 8.0  # yaw, either way
+    correction: str = "auto"  # "expert": expert steering at the new pose; "delta": label + expert's change;
+    #                           "auto": expert for autopilot/DAgger drives, delta for human ones
+    mirror_prob: float = 0.5  # flip left-right and negate the steering
+    light_prob: float = 0.8  # brightness and colour jitter
+    brightness: float = 0.3  # gain in [1 - b, 1 + b]
+    colour: float = 0.1  # per-channel gain in [1 - c, 1 + c]
+    shadow_prob: float = 0.3  # a dark quadrilateral across the frame
+    noise_std: float = 3.0  # pixel noise, in 0..255 levels
+
+    def __post_init__(self) -> None:
+        if self.correction not in ("auto", "expert", "delta"):
+            raise ValueError(f"correction must be auto, expert or delta, not {self.correction!r}")
+
+
+NO_AUGMENT = AugmentConfig(shift_prob=0.0, mirror_prob=0.0, light_prob=0.0, shadow_prob=0.0, noise_std=0.0)
+
+
+@dataclass
+class DriveData:
+    """One recorded drive, cleaned and ready to sample from."""
+
+    name: str
+    frames: np.ndarray  # (n, H, W, 3) uint8
+    labels: np.ndarray  # (n,) float32 steering in [-1, 1]
+    pose: np.ndarray  # (n, 5) float64: x, y, yaw, speed, s
+    source: str
+    track_spec: str
+    palette: np.ndarray  # (256, 3) the colours the frames were drawn with
+    track: Track | None = None  # None when the track cannot be loaded here: no viewpoint shifts then
+    dropped: int = 0  # frames removed as bad data (off track, interventions and the second before)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class DriveSet:
+    """All drives of a data folder, with the env settings they were recorded with."""
+
+    drives: list[DriveData]
+    env: EnvConfig  # camera and car of the recordings (track left at its default)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def frames(self) -> int:
+        return sum(len(d) for d in self.drives)
+
+
+def smooth_labels(labels: np.ndarray, sigma_s: float, dt: float) -> np.ndarray:
+    """Gaussian smoothing in time: keyboard steering jumps between -1, 0 and 1, a driver's intent does not."""
+    sigma = sigma_s / dt
+    if sigma <= 0.3 or len(labels) < 2:
+        return labels.astype(np.float32)
+    r = math.ceil(3 * sigma)
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    padded = np.pad(labels.astype(np.float64), r, mode="edge")
+    return np.clip(np.convolve(padded, k, mode="valid"), -1, 1).astype(np.float32)
+
+
+def _bad_mask(off: np.ndarray, intervention: np.ndarray, before: int) -> np.ndarray:
+    """Frames off the track or put back by the env, and `before` frames leading up to each."""
+    bad = off | intervention
+    if before > 0 and bad.any():
+        idx = np.flatnonzero(bad)
+        spread = (idx[:, None] - np.arange(before + 1)[None, :]).ravel()
+        bad = bad.copy()
+        bad[spread[spread >= 0]] = True
+    return bad
+
+
+def _palette_from_meta(meta: dict) -> np.ndarray:
+    lut = default_palette()
+    pal = meta.get("palette")
+    try:
+        arr = np.asarray(pal, dtype=np.float64)
+        if arr.shape == (N_LABELS, 3) and np.all(np.isfinite(arr)):
+            lut[:N_LABELS] = np.clip(arr, 0, 255).astype(np.uint8)
+    except (TypeError, ValueError):
+        pass
+    return lut
+
+
+def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None, smooth: float | None = None,
+                drop_before_s: float = 1.0, stream=None) -> DriveSet:
+    """Read every drive under `data_dir` into memory, dropping bad frames.
+
+    All drives must share one camera (and `camera`, when given). `smooth` is the label smoothing in
+    seconds; None smooths keyboard drives by 0.25 s and leaves the rest. Problems with the folder as
+    a whole are `UserError`s; a single unreadable drive or chunk is skipped with a warning line.
+    """
+    from sim.progress import Progress
+
+    data_dir = Path(data_dir)
+    try:
+        paths = find_drives(data_dir)
+    except UserError as e:
+        raise UserError(f"--data {e}") from None
+    if not paths:
+        raise UserError(f"--data {data_dir}: no recorded drives in this folder (make some with "
+                        "`run_drive.py record --autopilot --tracks procedural:0-19 --out DIR`)")
+    drives: list[DriveData] = []
+    warnings: list[str] = []
+    env: EnvConfig | None = None
+    first_meta = ""
+    stream = stream if stream is not None else sys.stderr
+    with Progress(len(paths), "loading drives", stream=stream) as bar:
+        for path in paths:
+            bar.update(1)
+            try:
+                d = read_drive(path)
+            except UserError as e:
+                warnings.append(f"skipped drive: {e}")
+                continue
+            warnings.extend(d.warnings)
+            meta_path = path / "meta.json"
+            try:
+                denv = EnvConfig.from_dict(d.meta["env"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise UserError(f"{meta_path}: bad 'env' settings ({type(e).__name__}: {e})") from None
+            want = camera or (env.camera if env else None)
+            if want is not None and denv.camera != want:
+                other = first_meta if camera is None else "the requested camera"
+                raise UserError(f"{meta_path}: recorded with camera {denv.camera.kind} "
+                                f"{denv.camera.width}x{denv.camera.height}, but {other} is {want.kind} "
+                                f"{want.width}x{want.height}; train on drives of one camera")
+            if env is not None and denv.car.dt != env.car.dt:
+                raise UserError(f"{meta_path}: recorded at dt={denv.car.dt} s, but {first_meta} at dt={env.car.dt} s")
+            if env is None:
+                env = EnvConfig(camera=denv.camera, car=denv.car)
+                first_meta = str(meta_path)
+            if len(d) == 0:
+                warnings.append(f"{path}: drive has no readable frames, skipped")
+                continue
+            source = str(d.meta.get("source", "unknown"))
+            labels = np.clip(np.nan_to_num(d.steering, nan=0.0), -1, 1).astype(np.float32)
+            sigma = smooth if smooth is not None else (0.25 if source in SMOOTH_SOURCES else 0.0)
+            if sigma > 0:
+                labels = smooth_labels(labels, sigma, denv.car.dt)
+            keep = ~_bad_mask(d.off_track, d.intervention, round(drop_before_s / denv.car.dt))
+            st = d.state
+            pose = np.stack([st["x"], st["y"], st["yaw"], st["speed"], st["s"]], 1)
+            keep &= np.all(np.isfinite(pose), 1)
+            if not keep.any():
+                warnings.append(f"{path}: every frame is off track or marked bad, skipped")
+                continue
+            spec = str(d.meta.get("track", ""))
+            try:
+                track = load_track(spec)
+            except (UserError, ValueError, OSError):
+                track = None
+                warnings.append(f"{path}: track {spec!r} not found here: no viewpoint shifts for this drive")
+            drives.append(DriveData(
+                name=str(path.relative_to(data_dir)) if path != data_dir else path.name,
+                frames=np.ascontiguousarray(d.frames[keep]), labels=labels[keep], pose=pose[keep],
+                source=source, track_spec=spec, palette=_palette_from_meta(d.meta), track=track,
+                dropped=int((~keep).sum())))
+    if not drives:
+        raise UserError(f"--data {data_dir}: no usable frames in {len(paths)} drive(s)"
+                        + (f" ({warnings[0]})" if warnings else ""))
+    return DriveSet(drives=drives, env=env, warnings=warnings)
+
+
+def split_by_drive(n_drives: int, val_fraction: float = 0.15, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Indices of training and validation drives: whole drives, never frames, so neighbouring
+    (nearly identical) frames cannot sit on both sides. One drive alone gives no validation set."""
+    if n_drives < 2 or val_fraction <= 0:
+        return list(range(n_drives)), []
+    n_val = min(n_drives - 1, max(1, round(n_drives * val_fraction)))
+    order = np.random.default_rng(seed).permutation(n_drives)
+    return sorted(int(i) for i in order[n_val:]), sorted(int(i) for i in order[:n_val])
+
+
+def balance_weights(labels: np.ndarray, bins: int = 15, power: float = 0.7) -> np.ndarray:
+    """Sampling weights that lift the rare curve frames against the many straight ones: inverse
+    frequency of the |steering| histogram, softened by `power` (0 = no balancing, 1 = flat)."""
+    mag = np.clip(np.abs(labels), 0, 1)
+    idx = np.minimum((mag * bins).astype(int), bins - 1)
+    counts = np.bincount(idx, minlength=bins).astype(np.float64)
+    w = (1.0 / np.maximum(counts[idx], 1.0)) ** power
+    return w / w.sum()
+
+
+def shifted_pose(x: float, y: float, yaw: float, shift_m: float, rotate_rad: float) -> tuple[float, float, float]:
+    """The pose `shift_m` to the LEFT (negative: right) of (x, y, yaw), turned `rotate_rad` CCW (left)."""
+    return x - shift_m * math.sin(yaw), y + shift_m * math.cos(yaw), yaw + rotate_rad
+
+
+def corrective_label(track: Track, car_cfg: CarConfig, pose: np.ndarray, label: float, shift_m: float,
+                     rotate_rad: float, mode: str) -> float:
+    """The steering for the shifted pose: the expert's there ("expert"), or the recorded label plus
+    the expert's change between the two poses ("delta", for human labels the expert did not make)."""
+    x, y, yaw, speed, s = (float(v) for v in pose)
+    nx, ny, nyaw = shifted_pose(x, y, yaw, shift_m, rotate_rad)
+    ns = track.project(nx, ny, nyaw, s_hint=s).s
+    new = expert_steering(track, CarState(nx, ny, nyaw, speed), ns, car_cfg)
+    if mode == "expert":
+        return new
+    old = expert_steering(track, CarState(x, y, yaw, speed), track.project(x, y, yaw, s_hint=s).s, car_cfg)
+    return max(-1.0, min(1.0, label + new - old))
+
+
+def noise_bank(shape: tuple[int, int], std: float, seed: int = 0, n: int = 16) -> np.ndarray:
+    """A few fixed pixel-noise fields (int16 levels) to add to frames: drawing fresh Gaussian noise
+    per frame would cost more than the rest of the augmentation together."""
+    if std <= 0:
+        return np.zeros((0, *shape, 3), np.int16)
+    rng = np.random.default_rng(seed)
+    return np.round(rng.standard_normal((n, *shape, 3)) * std).astype(np.int16)
+
+
+def photometric(frame: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig,
+                noise: np.ndarray | None = None) -> np.ndarray:
+    """Light, colour, shadow and noise jitter of a uint8 frame (OpenCV saturating arithmetic: fast)."""
+    if rng.random() < cfg.light_prob:
+        gain = rng.uniform(1 - cfg.brightness, 1 + cfg.brightness) * rng.uniform(1 - cfg.colour, 1 + cfg.colour, 3)
+        frame = cv2.multiply(frame, (*gain.tolist(), 0.0))
+    if rng.random() < cfg.shadow_prob:
+        h, w = frame.shape[:2]
+        top, bottom = np.sort(rng.uniform(0, w, 2)), np.sort(rng.uniform(0, w, 2))
+        quad = np.array([[top[0], 0], [top[1], 0], [bottom[1], h], [bottom[0], h]], np.int32)
+        mask = np.zeros((h, w), np.uint8)
+        cv2.fillConvexPoly(mask, quad, 1)
+        k = rng.uniform(0.45, 0.8)
+        frame = frame.copy()
+        cv2.copyTo(cv2.multiply(frame, (k, k, k, 0.0)), mask, frame)
+    if noise is not None and len(noise):
+        frame = cv2.add(frame, noise[int(rng.integers(len(noise)))], dtype=cv2.CV_8U)
+    return frame
+
+
+class FrameDataset(torch.utils.data.Dataset):
+    """Samples (frame uint8 (H, W, 3), steering float32) from drives, augmented per `augment`.
+
+    Randomness comes from (seed, epoch, index), so a sample is the same whatever worker makes it.
+    `set_epoch` changes it between epochs.
+    """
+
+    def __init__(self, drives: Sequence[DriveData], env: EnvConfig, augment: AugmentConfig = NO_AUGMENT,
+                 seed: int = 0, index: np.ndarray | None = None):
+        self.drives = list(drives)
+        self.env = env
+        self.augment = augment
+        self.seed = int(seed)
+        self.epoch = 0
+        if index is None:
+            index = np.concatenate([np.stack([np.full(len(d), i), np.arange(len(d))], 1)
+                                    for i, d in enumerate(self.drives)]) if self.drives else np.zeros((0, 2))
+        self.index = np.asarray(index, np.int64).reshape(-1, 2)
+        self.labels = np.array([self.drives[i].labels[j] for i, j in self.index], np.float32) \
+            if len(self.index) else np.zeros(0, np.float32)
+        cam = env.camera
+        self.noise = noise_bank((cam.height, cam.width), augment.noise_std, seed)
+        self._cameras: dict[int, Camera] = {}
+        if augment.shift_prob > 0:  # draw the track maps now, before any worker process forks
+            for d in self.drives:
+                if d.track is not None:
+                    self._camera(d).render(*d.pose[0, :3])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _camera(self, d: DriveData) -> Camera:
+        cam = self._cameras.get(id(d.track))
+        if cam is None:
+            car = self.env.car
+            cam = Camera(d.track, self.env.camera, car.length_m, car.width_m, car.wheelbase_m)
+            self._cameras[id(d.track)] = cam
+        cam.set_palette(d.palette)
+        return cam
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.float32]:
+        di, fi = self.index[i]
+        d = self.drives[di]
+        frame, label = d.frames[fi], float(d.labels[fi])
+        a = self.augment
+        if a == NO_AUGMENT:
+            return frame, np.float32(label)
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        if d.track is not None and rng.random() < a.shift_prob:
+            shift = rng.uniform(-a.max_shift_m, a.max_shift_m)
+            rot = math.radians(rng.uniform(-a.max_rotate_deg, a.max_rotate_deg))
+            mode = a.correction if a.correction != "auto" else ("expert" if d.source in EXPERT_SOURCES else "delta")
+            x, y, yaw = shifted_pose(*d.pose[fi, :3], shift, rot)
+            frame = self._camera(d).render(x, y, yaw)
+            label = corrective_label(d.track, self.env.car, d.pose[fi], label, shift, rot, mode)
+        if rng.random() < a.mirror_prob:
+            frame = frame[:, ::-1]
+            label = -label
+        frame = photometric(np.ascontiguousarray(frame), rng, a, self.noise)
+        return frame, np.float32(label)
+
+
+def collate(batch: list[tuple[np.ndarray, np.float32]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack samples and run `preprocess` (in the worker, when there are workers)."""
+    frames = np.stack([b[0] for b in batch])
+    labels = np.array([b[1] for b in batch], np.float32)
+    return torch.from_numpy(preprocess(frames)), torch.from_numpy(labels)[:, None]
+
+
+class BalancedSampler(torch.utils.data.Sampler):
+    """`num_samples` indices drawn with replacement by `weights`, new each epoch, split across DDP
+    ranks (each rank gets its own share, like `DistributedSampler`, but balanced)."""
+
+    def __init__(self, weights: np.ndarray, num_samples: int, seed: int = 0, rank: int = 0, world: int = 1):
+        self.p = np.asarray(weights, np.float64) / np.sum(weights)
+        self.per_rank = math.ceil(num_samples / world)
+        self.seed, self.rank, self.world = int(seed), int(rank), int(world)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch, 7])
+        idx = rng.choice(len(self.p), size=self.per_rank * self.world, replace=True, p=self.p)
+        return iter(idx[self.rank::self.world].tolist())
+
+
+def val_index(drives: Sequence[DriveData], max_frames: int = 4000) -> np.ndarray:
+    """Evenly spaced (drive, frame) pairs of the validation drives, at most `max_frames`."""
+    full = np.concatenate([np.stack([np.full(len(d), i), np.arange(len(d))], 1) for i, d in enumerate(drives)])
+    if len(full) > max_frames:
+        full = full[np.linspace(0, len(full) - 1, max_frames).astype(int)]
+    return full
