@@ -118,7 +118,7 @@ def bench_torch(seconds: float, camera: str, device: str) -> dict:
     res: dict = {"device": str(dev)}
     try:
         from agent.train import TrainConfig
-        batch = TrainConfig().batch_size
+        batch = TrainConfig().batch
     except Exception:
         batch = 128
     frames = np.random.default_rng(0).integers(0, 256, (batch, cam.height, cam.width, 3), dtype=np.uint8)
