@@ -184,11 +184,13 @@ def play(cfg: EnvConfig, out: Path, *, input_name: str = "keyboard", policy=None
 
                 if policy is not None:
                     hud.policy_steering = float(policy.steer(obs))
-                    if not control.touched and control.kind == "keyboard":
-                        control.value = hud.policy_steering  # a takeover starts from the wheel's position
-                person_cmd = float(control.update())
                 hud.person_driving = policy is None or control.touched
-                steer = person_cmd if hud.person_driving else hud.policy_steering
+                if hud.person_driving:
+                    steer = float(control.update())
+                else:
+                    steer = hud.policy_steering
+                    if control.kind == "keyboard":
+                        control.value = steer  # a takeover starts from the wheel's position
                 throttle = float(control.throttle()) if cfg.throttle else None
                 if policy is not None and hud.person_driving and not was_person:
                     result.takeovers += 1

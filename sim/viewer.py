@@ -104,8 +104,8 @@ class KeyboardSteering:
 
     @property
     def touched(self) -> bool:
-        """The person is steering (a key is held or the wheel has not yet come back to centre)."""
-        return bool(self.held & {"left", "right"}) or abs(self.value) > 1e-6
+        """The person is steering: a steering key is held (letting go hands control back)."""
+        return bool(self.held & {"left", "right"})
 
     def reset(self) -> None:
         self.value = 0.0
@@ -338,7 +338,8 @@ class DriveViewer:
             self._bar(x0 + 160, y + 14, width - 160, hud.throttle, GREEN, centred=True)
         y += 48
 
-        self._text("steering", (x0, y), self.small, DIM)
+        who = "" if hud.mode == "play" else ("  (you)" if hud.person_driving else "  (policy)")
+        self._text(f"steering {hud.steering:+.2f}{who}", (x0, y), self.small, DIM)
         y += 18
         self._bar(x0, y, width, hud.steering, FG if hud.person_driving else BLUE, centred=True, height=16)
         y += 22
@@ -377,7 +378,7 @@ class DriveViewer:
             if name == "off track" and info.get("off_track_count", 0):
                 colour = RED
             self._text(value, (x0 + 140, y), self.font, colour)
-            y += 25
+            y += 24
 
         y += 4
         self._minimap_draw(e, (x0, y, width, self.world_px - y - 74))
@@ -394,7 +395,7 @@ class DriveViewer:
 
     def _minimap_draw(self, e, rect: tuple[int, int, int, int]) -> None:
         x, y, w, h = rect
-        if h < 40:
+        if h < 30:
             return
         if self._minimap is None or self._minimap[0] != rect:
             lo, hi = e.track.bounds

@@ -144,3 +144,38 @@ def test_bad_input_is_one_clear_line(tmp_path, args, words):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], p.stderr
     assert not (tmp_path / "OUT").exists() or not any((tmp_path / "OUT").iterdir())
+
+
+def test_assist_records_only_the_persons_corrections(tmp_path):
+    """HG-DAgger through the real loop: the policy drives, holding a key takes over (those frames are
+    recorded with the person's steering and correction=True), letting go hands back."""
+    import torch
+
+    from agent.model import build_model, load_policy, save_policy
+
+    torch.manual_seed(0)
+    cfg = EnvConfig(track="procedural:3", off_track="recover")
+    save_policy(tmp_path / "policy", build_model("small", cfg.camera), {"arch": "small", "env": cfg.to_dict()})
+    policy = load_policy(tmp_path / "policy")
+    ticks, produced = [], []
+
+    def script(obs, info):
+        t = len(ticks)
+        ticks.append(obs)
+        if t == 10:
+            key(pygame.KEYDOWN, pygame.K_RIGHT)
+        elif t == 20:
+            key(pygame.KEYUP, pygame.K_RIGHT)
+        elif t == 30:
+            key(pygame.KEYDOWN, pygame.K_ESCAPE)
+
+    result = play(cfg, tmp_path / "drives", policy=policy, realtime=False, person=script,
+                  on_record=lambda f, s, info, c: produced.append((s, info["time"], c)))
+    assert result.takeovers == 1 and len(result.drives) == 1
+    d = read_drive(result.drives[0])
+    assert len(d) == 10 and d.correction.all() and d.meta["source"] == "assist"
+    assert np.array_equal(d.state["time"], [p[1] for p in produced])
+    assert d.state["time"][0] == pytest.approx(10 * cfg.car.dt)  # the first 10 steps were the policy's
+    wheel = policy.steer(ticks[9])  # the policy's last command: the person takes the wheel from there
+    assert d.steering[0] == pytest.approx(wheel + (0.3 if wheel < 0 else 0.1), abs=1e-6)
+    assert np.all(np.diff(d.steering) >= 0) and np.array_equal(d.executed_steering, d.steering)
