@@ -179,3 +179,26 @@ def test_assist_records_only_the_persons_corrections(tmp_path):
     wheel = policy.steer(ticks[9])  # the policy's last command: the person takes the wheel from there
     assert d.steering[0] == pytest.approx(wheel + (0.3 if wheel < 0 else 0.1), abs=1e-6)
     assert np.all(np.diff(d.steering) >= 0) and np.array_equal(d.executed_steering, d.steering)
+
+
+def test_viewer_shows_the_camera_inset_and_a_blinking_recording_light():
+    from sim import DriveEnv
+    from sim.viewer import DriveViewer, Hud
+
+    env = DriveEnv(track="procedural:3", off_track="recover")
+    obs, info = env.reset(seed=0)
+    viewer = DriveViewer()
+    try:
+        light = []
+        for _ in range(21):
+            viewer.draw(env, info, obs, Hud(recording=True))
+            shot = viewer.screenshot()
+            light.append(tuple(shot[23, viewer.world_px + viewer.panel_px - 60]))
+        assert shot.shape == (viewer.world_px, viewer.world_px + viewer.panel_px, 3)
+        assert light[0] == (230, 40, 40) and light[12] != light[0] and light[20] == light[0]
+        # the inset is the network's frame scaled up (96 -> 200 px) in the top-left corner
+        inset = shot[10:210, 10:210]
+        assert np.abs(inset[::25, ::25].astype(int) - obs[::12, ::12].astype(int)).mean() < 25
+        assert shot[:, viewer.world_px:].std() > 20  # the HUD panel holds text and bars, not a blank
+    finally:
+        viewer.close()
