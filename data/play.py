@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -146,88 +147,93 @@ def play(cfg: EnvConfig, out: Path, *, input_name: str = "keyboard", policy=None
               person_driving=policy is None)
     steps = 0
     track_i = 0
-    try:
-        while track_i < len(specs) and not result.quit:
-            obs, info = env.reset(seed=track_i, options={"track": specs[track_i]})
-            control.reset()
-            meta = {"source": "assist" if policy is not None else control.kind,
-                    "driver": {"input": control.kind, "person": True,
-                               **({"policy": str(getattr(policy, "folder", ""))} if policy is not None else {})},
-                    "track": specs[track_i], "env": replace(cfg, track=specs[track_i]).to_dict()}
-            writer = DriveWriter(drive_folder(out, env.unwrapped.track.name), meta)
-            hud.paused, was_person = False, False
-            outcome = "done"
-            while True:
-                if person is not None:
-                    person(obs, info)
-                command = None
-                for event in viewer.events():
-                    c = command_for(event)
-                    if c in ("quit", "restart"):
-                        command = c
-                    elif c == "pause":
-                        hud.paused = not hud.paused
+    threads = nullcontext()
+    if policy is not None:
+        from agent.watch import single_thread_inference
+        threads = single_thread_inference()
+    with threads:
+        try:
+            while track_i < len(specs) and not result.quit:
+                obs, info = env.reset(seed=track_i, options={"track": specs[track_i]})
+                control.reset()
+                meta = {"source": "assist" if policy is not None else control.kind,
+                        "driver": {"input": control.kind, "person": True,
+                                   **({"policy": str(getattr(policy, "folder", ""))} if policy is not None else {})},
+                        "track": specs[track_i], "env": replace(cfg, track=specs[track_i]).to_dict()}
+                writer = DriveWriter(drive_folder(out, env.unwrapped.track.name), meta)
+                hud.paused, was_person = False, False
+                outcome = "done"
+                while True:
+                    if person is not None:
+                        person(obs, info)
+                    command = None
+                    for event in viewer.events():
+                        c = command_for(event)
+                        if c in ("quit", "restart"):
+                            command = c
+                        elif c == "pause":
+                            hud.paused = not hud.paused
+                        else:
+                            control.handle(event)
+                    if command == "quit":
+                        result.quit = True
+                        outcome = "quit"
+                        break
+                    if command == "restart":
+                        outcome = "restart"
+                        break
+                    if hud.paused:
+                        viewer.draw(env, info, obs, hud)
+                        if clock is not None:
+                            clock.tick(fps)
+                        continue
+
+                    if policy is not None:
+                        hud.policy_steering = float(policy.steer(obs))
+                    hud.person_driving = policy is None or control.touched
+                    if hud.person_driving:
+                        steer = float(control.update())
                     else:
-                        control.handle(event)
-                if command == "quit":
-                    result.quit = True
-                    outcome = "quit"
-                    break
-                if command == "restart":
-                    outcome = "restart"
-                    break
-                if hud.paused:
+                        steer = hud.policy_steering
+                        if control.kind == "keyboard":
+                            control.value = steer  # a takeover starts from the wheel's position
+                    throttle = float(control.throttle()) if cfg.throttle else None
+                    if policy is not None and hud.person_driving and not was_person:
+                        result.takeovers += 1
+                    was_person = hud.person_driving
+                    if hud.person_driving:
+                        writer.add(obs, steer, info, throttle=throttle, executed_steering=steer,
+                                   correction=policy is not None)
+                        if on_record is not None:
+                            on_record(obs, steer, info, policy is not None)
+                    action = np.array([steer] + ([throttle] if cfg.throttle else []), np.float32)
+                    obs, _, terminated, truncated, info = env.step(action)
+                    steps += 1
+                    hud.steering, hud.throttle = steer, throttle
+                    hud.interventions = result.takeovers + info["off_track_count"]
+                    hud.drives_saved = len(result.drives)
                     viewer.draw(env, info, obs, hud)
+                    if terminated or truncated:
+                        break
+                    if max_steps is not None and steps >= max_steps:
+                        result.quit = True
+                        outcome = "quit"
+                        break
                     if clock is not None:
                         clock.tick(fps)
-                    continue
-
-                if policy is not None:
-                    hud.policy_steering = float(policy.steer(obs))
-                hud.person_driving = policy is None or control.touched
-                if hud.person_driving:
-                    steer = float(control.update())
+                writer.close()
+                result.off_track += info["off_track_count"]
+                result.laps += info["lap"]
+                if len(writer) == 0:  # nothing driven (e.g. Esc at once): leave no empty drive behind
+                    shutil.rmtree(writer.folder, ignore_errors=True)
                 else:
-                    steer = hud.policy_steering
-                    if control.kind == "keyboard":
-                        control.value = steer  # a takeover starts from the wheel's position
-                throttle = float(control.throttle()) if cfg.throttle else None
-                if policy is not None and hud.person_driving and not was_person:
-                    result.takeovers += 1
-                was_person = hud.person_driving
-                if hud.person_driving:
-                    writer.add(obs, steer, info, throttle=throttle, executed_steering=steer,
-                               correction=policy is not None)
-                    if on_record is not None:
-                        on_record(obs, steer, info, policy is not None)
-                action = np.array([steer] + ([throttle] if cfg.throttle else []), np.float32)
-                obs, _, terminated, truncated, info = env.step(action)
-                steps += 1
-                hud.steering, hud.throttle = steer, throttle
-                hud.interventions = result.takeovers + info["off_track_count"]
-                hud.drives_saved = len(result.drives)
-                viewer.draw(env, info, obs, hud)
-                if terminated or truncated:
-                    break
-                if max_steps is not None and steps >= max_steps:
-                    result.quit = True
-                    outcome = "quit"
-                    break
-                if clock is not None:
-                    clock.tick(fps)
-            writer.close()
-            result.off_track += info["off_track_count"]
-            result.laps += info["lap"]
-            if len(writer) == 0:  # nothing driven (e.g. Esc at once): leave no empty drive behind
-                shutil.rmtree(writer.folder, ignore_errors=True)
-            else:
-                result.drives.append(writer.folder)
-                result.frames += len(writer)
-            if outcome == "done":
-                track_i += 1
-    finally:
-        viewer.close()
-        env.close()
+                    result.drives.append(writer.folder)
+                    result.frames += len(writer)
+                if outcome == "done":
+                    track_i += 1
+        finally:
+            viewer.close()
+            env.close()
     return result
 
 
