@@ -100,9 +100,7 @@ def saliency_overlay(policy) -> Callable[[np.ndarray], np.ndarray]:
         if e.name != "agent.saliency":
             raise
         raise UserError("--saliency: saliency maps are not available in this version") from None
-    if hasattr(saliency, "overlay_for"):
-        return saliency.overlay_for(policy)
-    raise UserError("--saliency: agent/saliency.py has no overlay_for(policy) function")
+    return lambda frame: saliency.saliency_overlay(policy, frame)
 
 
 @contextmanager

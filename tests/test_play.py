@@ -200,5 +200,7 @@ def test_viewer_shows_the_camera_inset_and_a_blinking_recording_light():
         inset = shot[10:210, 10:210]
         assert np.abs(inset[::25, ::25].astype(int) - obs[::12, ::12].astype(int)).mean() < 25
         assert shot[:, viewer.world_px:].std() > 20  # the HUD panel holds text and bars, not a blank
+        viewer.draw(env, info, obs, Hud(mode="watch", inset_overlay=np.full_like(obs, (255, 0, 255))))
+        assert (viewer.screenshot()[20:200, 20:200] == (255, 0, 255)).all()  # e.g. saliency, in the inset
     finally:
         viewer.close()

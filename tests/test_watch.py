@@ -93,3 +93,20 @@ def test_missing_or_garbage_model_is_one_clear_line(tmp_path):
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), p.stderr
         assert str(folder) in lines[0]
+
+
+def test_saliency_shows_in_the_inset(policy):
+    pytest.importorskip("agent.saliency")
+    from agent.watch import saliency_overlay
+
+    shown = []
+    overlay = saliency_overlay(policy)
+
+    def spy(frame):
+        shown.append(overlay(frame))
+        return shown[-1]
+
+    cfg = EnvConfig(track="procedural:1000", off_track="recover")
+    result = watch(cfg, policy, realtime=False, saliency=spy, max_steps=5)
+    assert result.steps == 5 and len(shown) == 5
+    assert shown[0].shape == (96, 96, 3) and shown[0].dtype == np.uint8
