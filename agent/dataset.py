@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from data.recording import find_drives, read_drive
+from data.recording import find_drives, read_drive, read_meta
 from sim.car import CarConfig, CarState
 from sim.env import EnvConfig
 from sim.errors import UserError
@@ -142,13 +142,37 @@ def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None,
     if not paths:
         raise UserError(f"--data {data_dir}: no recorded drives in this folder (make some with "
                         "`run_drive.py record --autopilot --tracks procedural:0-19 --out DIR`)")
-    drives: list[DriveData] = []
     warnings: list[str] = []
     env: EnvConfig | None = None
     first_meta = ""
+    metas: dict[Path, EnvConfig] = {}
+    for path in paths:  # settings first (cheap), so a mismatch fails before any frame is decoded
+        meta_path = path / "meta.json"
+        try:
+            meta = read_meta(path)
+        except UserError as e:
+            warnings.append(f"skipped drive: {e}")
+            continue
+        try:
+            denv = EnvConfig.from_dict(meta["env"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{meta_path}: bad 'env' settings ({type(e).__name__}: {e})") from None
+        want = camera or (env.camera if env else None)
+        if want is not None and denv.camera != want:
+            other = first_meta if camera is None else "the requested camera"
+            raise UserError(f"{meta_path}: recorded with camera {denv.camera.kind} "
+                            f"{denv.camera.width}x{denv.camera.height}, but {other} is {want.kind} "
+                            f"{want.width}x{want.height}; train on drives of one camera")
+        if env is not None and denv.car.dt != env.car.dt:
+            raise UserError(f"{meta_path}: recorded at dt={denv.car.dt} s, but {first_meta} at dt={env.car.dt} s")
+        if env is None:
+            env = EnvConfig(camera=denv.camera, car=denv.car)
+            first_meta = str(meta_path)
+        metas[path] = denv
+    drives: list[DriveData] = []
     stream = stream if stream is not None else sys.stderr
-    with Progress(len(paths), "loading drives", stream=stream) as bar:
-        for path in paths:
+    with Progress(len(metas), "loading drives", stream=stream) as bar:
+        for path, denv in metas.items():
             bar.update(1)
             try:
                 d = read_drive(path)
@@ -156,22 +180,6 @@ def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None,
                 warnings.append(f"skipped drive: {e}")
                 continue
             warnings.extend(d.warnings)
-            meta_path = path / "meta.json"
-            try:
-                denv = EnvConfig.from_dict(d.meta["env"])
-            except (KeyError, TypeError, ValueError) as e:
-                raise UserError(f"{meta_path}: bad 'env' settings ({type(e).__name__}: {e})") from None
-            want = camera or (env.camera if env else None)
-            if want is not None and denv.camera != want:
-                other = first_meta if camera is None else "the requested camera"
-                raise UserError(f"{meta_path}: recorded with camera {denv.camera.kind} "
-                                f"{denv.camera.width}x{denv.camera.height}, but {other} is {want.kind} "
-                                f"{want.width}x{want.height}; train on drives of one camera")
-            if env is not None and denv.car.dt != env.car.dt:
-                raise UserError(f"{meta_path}: recorded at dt={denv.car.dt} s, but {first_meta} at dt={env.car.dt} s")
-            if env is None:
-                env = EnvConfig(camera=denv.camera, car=denv.car)
-                first_meta = str(meta_path)
             if len(d) == 0:
                 warnings.append(f"{path}: drive has no readable frames, skipped")
                 continue

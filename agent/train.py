@@ -56,6 +56,7 @@ after a kill, the same command with --resume trains only what is left."""
 STATE_JSON = "train_state.json"
 STATE_RE = re.compile(r"^train_state_\d{8}\.safetensors$")
 CHECKPOINT_EVERY_S = 60.0
+PLOT_EVERY_S = 60.0  # matplotlib is slow to start: curves after the first epoch, then at most once a minute
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,18 @@ def _dist_env() -> tuple[int, int, int]:
     return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def warm_start(model: torch.nn.Module, init_from: str | os.PathLike, arch: str, camera: CameraConfig) -> None:
+    """Start from a trained policy's weights instead of random ones (DAgger retrains this way)."""
+    from .model import load_policy
+
+    policy = load_policy(init_from)
+    if policy.card["arch"] != arch:
+        raise UserError(f"--init-from {init_from}: a {policy.card['arch']} network, but training a {arch} one")
+    if policy.camera != camera:
+        raise UserError(f"--init-from {init_from}: trained on another camera than these drives")
+    model.load_state_dict(policy.model.state_dict())
+
+
 # -- the run ---------------------------------------------------------------------------------------
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
@@ -246,18 +259,16 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     if out.is_dir() and not (resume or overwrite) and ((out / CARD_FILE).exists() or (out / STATE_JSON).exists()):
         raise UserError(f"--out {out}: already holds a trained policy; add --resume to continue it, "
                         "--overwrite to replace it, or choose another folder")
-    try:
-        out.mkdir(exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot create folder ({e.strerror})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
+    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
         raise UserError(f"--out {out}: folder is not writable")
+    if not out.is_dir() and not os.access(out.parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: cannot create it, {out.parent} is not writable")
 
 
 def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, minutes: float | None = None,
           epochs: int | None = None, cfg: TrainConfig = TrainConfig(), device: str = "auto",
           resume: bool = False, overwrite: bool = False, workers: int | None = None, camera: str | None = None,
-          verbose: bool = True, **overrides) -> TrainResult:
+          verbose: bool = True, init_from: str | os.PathLike | None = None, **overrides) -> TrainResult:
     """Train a policy on the drives under `data_dir` into `out_dir` (the policy folder).
 
     The budget is `minutes` of training (validation included, loading not) or `epochs`, both totals
@@ -324,6 +335,11 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, minutes: f
         print(f"warning: {w}", file=log)
     if len(data.warnings) > 5:
         print(f"warning: ... and {len(data.warnings) - 5} more", file=log)
+    if main_rank:
+        try:
+            out.mkdir(exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {out}: cannot create folder ({e.strerror})") from None
     train_ids, val_ids = split_by_drive(len(data.drives), cfg.val_fraction, cfg.seed)
     train_drives = [data.drives[i] for i in train_ids]
     val_drives = [data.drives[i] for i in val_ids]
@@ -341,6 +357,8 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, minutes: f
             torch.cuda.set_device(dev)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, data.env.camera).to(dev)
+    if init_from is not None and ckpt is None:
+        warm_start(model, init_from, cfg.arch, data.env.camera)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[dict] = []
     epoch, batch_in_epoch, step, trained_s, frames_seen = 0, 0, 0, 0.0, 0
@@ -400,7 +418,8 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, minutes: f
                          "best_val_loss": best["val_loss"], "best_epoch": best["epoch"],
                          "minutes": round(trained_s / 60, 2), "frames_seen": frames_seen,
                          "frames_per_s": round(frames_seen / max(trained_s, 1e-9), 1), "device": str(dev),
-                         "world_size": world, "torch": torch.__version__, "config": asdict(cfg)},
+                         "world_size": world, "torch": torch.__version__, "config": asdict(cfg),
+                         "init_from": None if init_from is None else str(init_from)},
         }
 
     def validate() -> float | None:
@@ -422,6 +441,7 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, minutes: f
 
     stop = progress_frac() >= 1.0
     last_ckpt = time.perf_counter()
+    last_plot = -math.inf if len(history) == 0 else time.perf_counter()
     while not stop:
         train_ds.set_epoch(epoch)
         sampler.set_epoch(epoch)
@@ -490,11 +510,15 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, minutes: f
             save_checkpoint(out, model, opt, state())
             last_ckpt = time.perf_counter()
             _write_json(out / "history.json", {"history": history, "best": best})
-            plot_curves(history, out / "loss_curves.png")
+            if time.perf_counter() - last_plot > PLOT_EVERY_S:
+                plot_curves(history, out / "loss_curves.png")
+                last_plot = time.perf_counter()
         elif done_epoch:
             epoch, batch_in_epoch = epoch + 1, 0
         if epochs is not None and epoch >= epochs:
             stop = True
+    if main_rank and history:
+        plot_curves(history, out / "loss_curves.png")
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -535,6 +559,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--smooth", type=float, help="smooth steering labels over this many seconds "
                         "(default: 0.25 for keyboard drives, none for others)")
     parser.add_argument("--no-augment", action="store_true", help="train on the recorded frames as they are")
+    parser.add_argument("--init-from", metavar="MODEL_DIR", help="warm start from this policy's weights")
 
 
 def main(args) -> int:
@@ -542,5 +567,6 @@ def main(args) -> int:
     if args.no_augment:
         cfg = replace(cfg, augment=NO_AUGMENT)
     train(args.data, args.out, minutes=args.minutes, epochs=args.epochs, cfg=cfg, device=args.device,
-          resume=args.resume, overwrite=args.overwrite, workers=args.workers, camera=args.camera)
+          resume=args.resume, overwrite=args.overwrite, workers=args.workers, camera=args.camera,
+          init_from=args.init_from)
     return 0

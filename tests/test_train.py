@@ -1,0 +1,123 @@
+"""Behavioural cloning end to end on tiny real drives: loss goes down, resume, DDP, CLI errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_dataset import record_drive
+
+from agent.model import load_policy
+from agent.train import STATE_JSON, TrainConfig, load_checkpoint, train
+from sim import camera_from_name
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = TrainConfig(arch="small", batch=32, lr=2e-3)
+
+
+@pytest.fixture(scope="module")
+def drives(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train_drives")
+    for i, (spec, s0) in enumerate([("procedural:0", 0.0), ("procedural:0", 400.0), ("procedural:1", 200.0)]):
+        record_drive(root / f"d{i}", spec, steps=80, start_s=s0)
+    return root
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "run_drive.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_a_tiny_training_run_reduces_the_loss_and_saves_a_policy(drives, tmp_path):
+    res = train(drives, tmp_path / "m", epochs=4, cfg=TINY, device="cpu", verbose=False)
+    hist = json.loads((tmp_path / "m" / "history.json").read_text())["history"]
+    assert len(hist) == 4 and res.steps > 0
+    assert hist[-1]["train_loss"] < 0.5 * hist[0]["train_loss"]
+    assert hist[-1]["val_loss"] < hist[0]["val_loss"]
+    assert (tmp_path / "m" / "loss_curves.png").stat().st_size > 1000
+    policy = load_policy(tmp_path / "m")
+    card = policy.card
+    assert card["arch"] == "small" and card["training"]["best_val_loss"] == pytest.approx(res.best_val_loss)
+    assert len(card["data"]["val_drives"]) == 1 and card["data"]["frames"] == 240
+    assert policy.env_config().camera == camera_from_name("birdseye")
+    # nothing half-written is left behind
+    assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".")]
+
+
+def test_resume_continues_from_the_saved_epoch(drives, tmp_path):
+    out = tmp_path / "m"
+    train(drives, out, epochs=2, cfg=TINY, device="cpu", verbose=False)
+    meta, _ = load_checkpoint(out)
+    assert meta["epoch"] == 2 and meta["batch_in_epoch"] == 0
+    first = json.loads((out / "history.json").read_text())["history"]
+    res = train(drives, out, epochs=3, device="cpu", resume=True, verbose=False)
+    hist = json.loads((out / "history.json").read_text())["history"]
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    assert hist[:2] == first  # the first two epochs were not trained again
+    assert res.steps == 3 * meta["step"] // 2
+    # the checkpoint's settings win over the defaults of the resumed call
+    assert load_policy(out).card["arch"] == "small"
+    # a full budget resumes to nothing more
+    assert train(drives, out, epochs=3, device="cpu", resume=True, verbose=False).steps == res.steps
+
+
+def test_a_run_stopped_mid_epoch_resumes_mid_epoch(drives, tmp_path):
+    out = tmp_path / "m"
+    cfg = TrainConfig(arch="small", batch=16, epoch_frames=320)
+    train(drives, out, minutes=0.001, cfg=cfg, device="cpu", verbose=False)  # stops after a batch or so
+    meta, _ = load_checkpoint(out)
+    assert meta["epoch"] == 0 and 0 < meta["batch_in_epoch"] < 20
+    res = train(drives, out, epochs=1, device="cpu", resume=True, verbose=False)
+    assert res.steps == 20  # 320 samples / batch 16: the rest of epoch 1, nothing twice
+    assert load_checkpoint(out)[0]["epoch"] == 1
+
+
+def test_ddp_with_two_cpu_processes_runs(drives, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "run_drive.py",
+         "train", "--data", str(drives), "--out", str(out), "--epochs", "1", "--arch", "small", "--batch", "16",
+         "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=240, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    card = load_policy(out).card
+    assert card["training"]["world_size"] == 2
+    meta, _ = load_checkpoint(out)
+    # 160 training frames split over two ranks, batch 16 each: 5 steps per rank
+    assert meta["world_size"] == 2 and meta["step"] == 5 and meta["frames_seen"] == 160
+
+
+def test_cli_trains_and_prints_a_summary(drives, tmp_path):
+    proc = cli("train", "--data", str(drives), "--out", str(tmp_path / "m"), "--epochs", "1", "--arch", "small",
+               "--batch", "32")
+    assert proc.returncode == 0, proc.stderr
+    assert "Summary" in proc.stdout and "best val loss" in proc.stdout
+    assert "epoch 1/1" in proc.stderr  # the progress bar
+    again = cli("train", "--data", str(drives), "--out", str(tmp_path / "m"), "--epochs", "1")
+    assert again.returncode != 0 and "--resume" in again.stderr
+
+
+@pytest.mark.parametrize("case", ["empty", "missing", "camera", "minutes0", "device", "arch", "cuda"])
+def test_cli_bad_input_is_one_clear_line(drives, tmp_path, case):
+    (tmp_path / "empty").mkdir()
+    out = str(tmp_path / "m")
+    args = {
+        "empty": ["--data", str(tmp_path / "empty")],
+        "missing": ["--data", str(tmp_path / "nope")],
+        "camera": ["--data", str(drives), "--camera", "dashcam"],
+        "minutes0": ["--data", str(drives), "--minutes", "0"],
+        "device": ["--data", str(drives), "--device", "tpu"],
+        "arch": ["--data", str(drives), "--arch", "resnet"],
+        "cuda": ["--data", str(drives), "--device", "cuda"],
+    }[case]
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    proc = cli("train", *args, "--out", out)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "m" / STATE_JSON).exists()
