@@ -321,8 +321,10 @@ def scripted_keyboard_drive(track: str, out: str | os.PathLike, laps: int = 1,
         raise UserError(f"laps {laps}: must be at least 1")
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-    cfg = EnvConfig(track=track, camera=camera_from_name(camera), laps=laps, off_track="recover",
-                    max_steps=HOUR_STEPS)
+    cam = camera_from_name(camera)
+    if cam.kind != "birdseye":
+        raise UserError(f"camera {camera!r}: the scripted person reads the road from bird's-eye frames only")
+    cfg = EnvConfig(track=track, camera=cam, laps=laps, off_track="recover", max_steps=HOUR_STEPS)
     person = ScriptedPerson(max_steer_rad=cfg.car.max_steer_rad)
     return play(cfg, Path(out), input_name="keyboard", realtime=False, person=person, on_record=on_record,
                 max_steps=max_steps)
