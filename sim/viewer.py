@@ -45,6 +45,31 @@ class ImageWindow:
 
 # -- commands and steering inputs -------------------------------------------------------------------
 
+class RealTimeClock:
+    """Keeps a loop on a fixed real-time schedule: `tick(fps)` sleeps until the next slot, and when the
+    loop has fallen behind (a slow machine, a slow draw) it does not sleep, so the simulation keeps
+    real time; `behind` tells the caller it may skip drawing this frame to catch up. More than
+    `max_lag_s` behind, it gives up catching up and restarts the schedule from now."""
+
+    def __init__(self, max_lag_s: float = 0.5):
+        import time
+        self._now = time.perf_counter
+        self._sleep = time.sleep
+        self.max_lag_s = max_lag_s
+        self._next: float | None = None
+        self.behind = False
+
+    def tick(self, fps: float) -> None:
+        now = self._now()
+        if self._next is None or now - self._next > self.max_lag_s:
+            self._next = now
+        self._next += 1.0 / fps
+        wait = self._next - now
+        self.behind = wait < 0
+        if wait > 0:
+            self._sleep(wait)
+
+
 def command_for(event: pygame.event.Event) -> str | None:
     """The window command an event means: quit, pause, restart, takeover, faster, slower (or None)."""
     if event.type == pygame.QUIT:
