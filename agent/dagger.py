@@ -1,0 +1,489 @@
+"""`run_drive.py dagger`: DAgger with the expert (Ross, Gordon & Bagnell 2011).
+
+Behavioural cloning only ever sees the expert's own states; once the policy drifts a little it is
+somewhere no demonstration showed, and its errors compound. DAgger lets the *policy* drive, asks the
+expert what it would have done in every state the policy reached, adds those frames to the data and
+retrains; repeat. Each iteration here:
+
+1. the current policy drives every track of `--tracks` (optionally blended with the expert,
+   executed = beta * expert + (1 - beta) * policy, beta_i = beta0 * decay^i); leaving the track
+   puts the car back on the centerline (env off_track="recover"; those frames are marked);
+2. every frame is saved with `DriveWriter` (source "dagger"): label = `Expert().steering(env)`
+   in that very state, executed_steering = what the car got;
+3. the new drives join the data (the start drives plus every earlier iteration);
+4. the policy is retrained, warm-started from the current one, for `--minutes-per-iter`;
+5. it drives the held-out `--eval-tracks` in closed loop.
+
+The baseline is plain BC given the same number of frames and the same training: each iteration the
+autopilot (with the noise injection of the start drives) records exactly as many frames on the same
+tracks as the policy drove, and a BC policy is retrained on its own aggregate in the same way.
+
+Output folder: data/ (start drives linked in, dagger_NN/ drives), bc_data/ (likewise, bc_NN/),
+models/dagger_NN and models/bc_NN (policies), dagger.json, completion.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from data.recording import DriveWriter, find_drives, read_meta
+from sim.env import DriveEnv, EnvConfig
+from sim.errors import UserError
+from sim.expert import Expert
+from sim.progress import Progress, table
+from sim.render import N_LABELS
+from sim.track import load_track, parse_spec
+
+EXAMPLES = """examples:
+  python run_drive.py record --autopilot --tracks procedural:0-3 --laps 1 --out data/drives/few
+  python run_drive.py train --data data/drives/few --out data/models/few --minutes 3
+  python run_drive.py dagger --data data/drives/few --model data/models/few --tracks procedural:0-3 \\
+      --iterations 3 --minutes-per-iter 2 --eval-tracks procedural:1000-1009 --out data/reports/dagger
+  python run_drive.py dagger --data data/drives/few --model data/models/few --tracks procedural:4-7 \\
+      --iterations 5 --beta0 0.5 --no-baseline --out data/reports/dagger_mix
+
+The policy drives, the expert labels every frame it visits, the frames join the data, the policy is
+retrained from where it was, and it is evaluated on held-out tracks; the table compares it with
+plain BC given the same number of (autopilot) frames and the same training."""
+
+REPORT_FILE = "dagger.json"
+PLOT_FILE = "completion.png"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DaggerConfig:
+    """Everything that shapes a DAgger run; saved in dagger.json."""
+
+    iterations: int = 3
+    minutes_per_iter: float | None = 2.0  # training budget per iteration (or epochs_per_iter)
+    epochs_per_iter: int | None = None
+    beta0: float = 0.0  # share of the expert in the executed steering at iteration 1
+    beta_decay: float = 0.5  # beta_i = beta0 * decay^(i - 1)
+    laps: int = 1  # laps the policy drives per track per iteration
+    max_steps: int | None = None  # cap on steps per drive (None: three expert lap times)
+    eval_tracks: str = "procedural:1000-1009"
+    eval_laps: int = 1
+    baseline: bool = True  # also train plain BC on as many autopilot frames
+    seed: int = 0
+    batch: int = 8  # tracks driven in lock step, one policy call for all
+
+    def beta(self, iteration: int) -> float:
+        """Expert share of the executed steering in `iteration` (1-based)."""
+        return float(self.beta0 * self.beta_decay ** (iteration - 1))
+
+
+# -- driving: the policy steers, the expert labels --------------------------------------------------
+@dataclass
+class _Run:
+    spec: str
+    env: DriveEnv
+    writer: DriveWriter
+    obs: np.ndarray
+    info: dict
+
+
+def _drive_name(spec: str, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(spec).stem if spec.endswith(".csv") else spec).strip("_")
+    name, k = base or "drive", 2
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
+
+
+def _max_steps(env_cfg: EnvConfig, length_m: float, laps: int) -> int:
+    """Three expert lap times: a policy that stalls or turns round still ends its drive."""
+    return int(3 * laps * length_m / (env_cfg.car.cruise_speed_mps * env_cfg.car.dt)) + 200
+
+
+def dagger_drives(policy, tracks_spec: str, out: str | os.PathLike, *, beta: float = 0.0, laps: int = 1,
+                  seed: int = 0, max_steps: int | None = None, batch: int = 8, iteration: int = 0,
+                  verbose: bool = True) -> list[dict]:
+    """The `policy` drives every track of `tracks_spec` (blended with the expert by `beta`); every
+    frame goes to a drive `out/<track>/` with the expert's steering as its label. Returns one row per
+    drive: path, track, frames, interventions, laps, mean |label - executed|."""
+    if not 0.0 <= beta <= 1.0:
+        raise UserError(f"--beta0 {beta}: the expert's share must be between 0 and 1")
+    specs = parse_spec(tracks_spec)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = replace(policy.env_config(), off_track="recover", laps=laps, throttle=False, random_start=False)
+    expert = Expert()
+    taken = {p.name for p in out.iterdir()}
+    jobs = []
+    for i, spec in enumerate(specs):
+        length = load_track(spec).length
+        steps = max_steps if max_steps is not None else _max_steps(base, length, laps)
+        jobs.append((i, spec, replace(base, track=spec, max_steps=int(steps)), out / _drive_name(spec, taken)))
+    expected = sum(min(c.max_steps, laps * load_track(s).length / (c.car.cruise_speed_mps * c.car.dt)) + 1
+                   for _, s, c, _ in jobs)
+    rows: list[dict] = []
+    pending = list(jobs)
+    active: list[_Run] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            stream = sys.stderr if verbose else stack.enter_context(open(os.devnull, "w"))
+            bar = stack.enter_context(Progress(expected, f"dagger {iteration}: policy drives", " frames",
+                                               stream=stream))
+            while pending or active:
+                while pending and len(active) < batch:
+                    i, spec, cfg, folder = pending.pop(0)
+                    env = DriveEnv(config=cfg)
+                    obs, info = env.reset(seed=seed + i)
+                    meta = {
+                        "source": "dagger",
+                        "driver": {"kind": "policy", "policy": str(getattr(policy, "folder", "")),
+                                   "labels": "expert (sim.expert.Expert)", "beta": beta, "iteration": iteration,
+                                   "seed": seed + i},
+                        "track": spec,
+                        "track_length_m": float(env.unwrapped.track.length),
+                        "env": cfg.to_dict(),
+                        "palette": env.unwrapped.palette[:N_LABELS].tolist(),
+                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    }
+                    active.append(_Run(spec, env, DriveWriter(folder, meta), obs, info))
+                pol = np.asarray(policy.steer_batch(np.stack([r.obs for r in active])), np.float32).reshape(-1)
+                pol = np.clip(np.nan_to_num(pol, nan=0.0), -1.0, 1.0)
+                still = []
+                for r, p in zip(active, pol):
+                    label = expert.steering(r.env)
+                    executed = float(np.clip(beta * label + (1.0 - beta) * p, -1.0, 1.0))
+                    r.writer.add(r.obs, label, r.info, executed_steering=executed)
+                    r.obs, _, terminated, truncated, r.info = r.env.step(np.array([executed], np.float32))
+                    if terminated or truncated:
+                        # the final state is a valid (frame, label) pair too; nothing was executed there
+                        r.writer.add(r.obs, expert.steering(r.env), r.info, executed_steering=None)
+                        r.writer.close()
+                        r.env.close()
+                        rows.append(_drive_row(r))
+                        bar.update(1, drives=f"{len(rows)}/{len(jobs)}")
+                        continue
+                    still.append(r)
+                bar.update(len(active), drives=f"{len(rows)}/{len(jobs)}")
+                active = still
+    except BaseException:
+        for r in active:
+            r.writer.abort()
+        raise
+    return sorted(rows, key=lambda r: r["path"])
+
+
+def _drive_row(r: _Run) -> dict:
+    s = r.writer.meta["summary"]
+    return {"path": str(r.writer.folder), "track": r.spec, "frames": r.writer.frames_written,
+            "interventions": int(s.get("interventions", 0)), "laps": int(r.info["lap"])}
+
+
+# -- the baseline: as many autopilot frames, recorded like the start data ---------------------------
+def bc_drives(dagger_rows: list[dict], out: str | os.PathLike, env_cfg: EnvConfig, noise: float, seed: int,
+              verbose: bool = True) -> list[dict]:
+    """For each DAgger drive, an autopilot drive on the same track with exactly as many frames (no
+    lap limit, stopped by max_steps), with the start data's noise injection."""
+    from data.record import record_one
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    taken = {p.name for p in out.iterdir()}
+    rows = []
+    total = sum(r["frames"] for r in dagger_rows)
+    with contextlib.ExitStack() as stack:
+        stream = sys.stderr if verbose else stack.enter_context(open(os.devnull, "w"))
+        bar = stack.enter_context(Progress(total, "baseline: autopilot records", " frames", stream=stream))
+        for k, d in enumerate(dagger_rows):
+            cfg = replace(env_cfg, track=d["track"], off_track="recover", laps=None, throttle=False,
+                          random_start=False, max_steps=max(1, d["frames"] - 1))
+            folder = out / _drive_name(d["track"], taken)
+            r = record_one(d["track"], 1, str(folder), cfg, noise, seed + k, progress=bar.update)
+            rows.append({"path": r.path, "track": r.track, "frames": r.frames,
+                         "interventions": r.off_track_events, "laps": r.laps})
+    return rows
+
+
+# -- the run ------------------------------------------------------------------------------------------
+def _link_drives(src_root: Path, dst: Path) -> list[Path]:
+    """Hard-link (or copy, across file systems) every drive under `src_root` into `dst/<name>`: the
+    start data joins the aggregate without being copied or touched (drive files are only ever
+    replaced, never rewritten, so a link is safe)."""
+    paths = find_drives(src_root)
+    dst.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    out = []
+    for p in paths:
+        rel = p.relative_to(src_root).as_posix() if p != src_root else p.name
+        name = _drive_name(rel.replace("/", "_") or p.name, taken)
+        target = dst / name
+        target.mkdir()
+        for f in sorted(p.iterdir()):
+            if f.is_file() and not f.name.startswith("."):
+                try:
+                    os.link(f, target / f.name)
+                except OSError:
+                    shutil.copy2(f, target / f.name)
+        out.append(target)
+    return out
+
+
+def _count_frames(root: Path) -> int:
+    n = 0
+    for p in find_drives(root):
+        try:
+            n += int(read_meta(p).get("summary", {}).get("frames", 0))
+        except UserError:
+            pass
+    return n
+
+
+def _start_noise(data_dir: Path) -> float:
+    """The noise injection the start drives were recorded with (0.3, `record`'s default, if unknown)."""
+    levels = []
+    for p in find_drives(data_dir):
+        try:
+            drv = read_meta(p).get("driver") or {}
+            if isinstance(drv.get("noise"), (int, float)):
+                levels.append(float(drv["noise"]))
+        except UserError:
+            pass
+    return float(np.median(levels)) if levels else 0.3
+
+
+def _check_args(data_dir: Path, model_dir: Path, out: Path, cfg: DaggerConfig) -> None:
+    if cfg.iterations < 1:
+        raise UserError(f"--iterations {cfg.iterations}: must be at least 1")
+    if cfg.minutes_per_iter is None and cfg.epochs_per_iter is None:
+        raise UserError("give --minutes-per-iter or --epochs-per-iter")
+    if cfg.minutes_per_iter is not None and not (cfg.minutes_per_iter > 0 and math.isfinite(cfg.minutes_per_iter)):
+        raise UserError(f"--minutes-per-iter {cfg.minutes_per_iter}: must be a positive number")
+    if cfg.epochs_per_iter is not None and cfg.epochs_per_iter < 1:
+        raise UserError(f"--epochs-per-iter {cfg.epochs_per_iter}: must be at least 1")
+    if not (0.0 <= cfg.beta0 <= 1.0):
+        raise UserError(f"--beta0 {cfg.beta0}: the expert's share must be between 0 and 1")
+    if not (0.0 <= cfg.beta_decay <= 1.0):
+        raise UserError(f"--beta-decay {cfg.beta_decay}: must be between 0 and 1")
+    if cfg.laps < 1 or cfg.eval_laps < 1:
+        raise UserError("--laps and --eval-laps must be at least 1")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise UserError(f"--max-steps {cfg.max_steps}: must be at least 1")
+    if not data_dir.is_dir():
+        raise UserError(f"--data {data_dir}: folder not found")
+    if not find_drives(data_dir):
+        raise UserError(f"--data {data_dir}: no recorded drives in this folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out}: exists and is not an empty folder; choose a new one")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: parent folder {out.parent} does not exist")
+    if out.resolve() == data_dir.resolve() or data_dir.resolve() in out.resolve().parents:
+        raise UserError(f"--out {out}: must lie outside --data {data_dir}")
+
+
+def run_dagger(data_dir: str | os.PathLike, model_dir: str | os.PathLike, tracks_spec: str,
+               out_dir: str | os.PathLike, cfg: DaggerConfig = DaggerConfig(), *, device: str = "cpu",
+               verbose: bool = True, **overrides) -> dict:
+    """Run `cfg.iterations` DAgger iterations from the policy in `model_dir` and the drives in
+    `data_dir` (and the BC baseline beside it); write everything under `out_dir` and return the
+    report (also written to `out_dir/dagger.json`). `overrides` replace fields of `cfg`."""
+    import torch
+
+    from .evaluate import PolicyDriver, evaluate
+    from .model import load_policy
+    from .train import TrainConfig, train
+
+    cfg = replace(cfg, **overrides)
+    data_dir, model_dir, out = Path(data_dir), Path(model_dir), Path(out_dir)
+    start = load_policy(model_dir, device=device)  # a bad policy folder fails before any work
+    parse_spec(tracks_spec)
+    parse_spec(cfg.eval_tracks)
+    _check_args(data_dir, model_dir, out, cfg)
+    t0 = time.perf_counter()
+    say = print if verbose else (lambda *a, **k: None)
+    train_cfg = TrainConfig(arch=start.card["arch"])
+    saved = (start.card.get("training") or {}).get("config")
+    if isinstance(saved, dict):
+        try:
+            train_cfg = TrainConfig.from_dict(saved)
+        except (TypeError, ValueError):
+            pass
+    noise = _start_noise(data_dir)
+    out.mkdir(exist_ok=True)
+    arms = ["dagger", "bc"] if cfg.baseline else ["dagger"]
+    roots = {"dagger": out / "data", "bc": out / "bc_data"}
+    for arm in arms:
+        _link_drives(data_dir, roots[arm] / "start")
+    start_frames = _count_frames(roots["dagger"])
+
+    def evaluate_policy(folder: Path, label: str) -> dict:
+        rep = evaluate(PolicyDriver(folder, device=device), cfg.eval_tracks, cfg.eval_laps, seed=cfg.seed,
+                       show_progress=verbose, command=f"dagger {label}")
+        return rep["summary"]
+
+    report = {
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["run_drive.py", *sys.argv[1:]]) if verbose else "run_dagger",
+        "start_model": str(model_dir), "start_data": str(data_dir), "tracks": tracks_spec,
+        "config": asdict(cfg), "train_config": asdict(train_cfg), "baseline_noise": noise, "iterations": [],
+    }
+    say(f"DAgger from {model_dir} ({start_frames:,} start frames): {cfg.iterations} iteration(s) on {tracks_spec}, "
+        f"evaluated on {cfg.eval_tracks}" + (", with the plain-BC baseline" if cfg.baseline else ""))
+    s0 = evaluate_policy(model_dir, "start")
+    report["iterations"].append(_row(0, start_frames, 0, None, s0, s0 if cfg.baseline else None, str(model_dir),
+                                     str(model_dir) if cfg.baseline else None, []))
+    _save(out, report, cfg.baseline, verbose=False)
+    current = {"dagger": model_dir, "bc": model_dir}
+    for it in range(1, cfg.iterations + 1):
+        beta = cfg.beta(it)
+        policy = load_policy(current["dagger"], device=device)
+        drives = dagger_drives(policy, tracks_spec, roots["dagger"] / f"dagger_{it:02d}", beta=beta, laps=cfg.laps,
+                               seed=cfg.seed + 1000 * it, max_steps=cfg.max_steps, batch=cfg.batch, iteration=it,
+                               verbose=verbose)
+        if cfg.baseline:
+            bc_drives(drives, roots["bc"] / f"bc_{it:02d}", start.env_config(), noise, cfg.seed + 1000 * it,
+                      verbose=verbose)
+        summaries = {}
+        for arm in arms:
+            folder = out / "models" / f"{arm}_{it:02d}"
+            folder.parent.mkdir(exist_ok=True)
+            say(f"\n[{arm} {it}/{cfg.iterations}] training on {_count_frames(roots[arm]):,} frames, "
+                f"warm start from {current[arm]}")
+            threads = torch.get_num_threads()  # train() takes every core; driving keeps the caller's choice
+            train(roots[arm], folder, minutes=cfg.minutes_per_iter, epochs=cfg.epochs_per_iter,
+                  cfg=replace(train_cfg, seed=train_cfg.seed + it), device=device, init_from=current[arm],
+                  verbose=verbose)
+            torch.set_num_threads(threads)
+            current[arm] = folder
+            summaries[arm] = evaluate_policy(folder, f"{arm} {it}")
+        frames = _count_frames(roots["dagger"])
+        report["iterations"].append(_row(it, frames, sum(d["frames"] for d in drives), beta, summaries["dagger"],
+                                         summaries.get("bc"), str(current["dagger"]),
+                                         str(current["bc"]) if cfg.baseline else None, drives))
+        report["iterations"][-1]["bc_frames"] = _count_frames(roots["bc"]) if cfg.baseline else None
+        _save(out, report, cfg.baseline, verbose=False)
+    report["wall_minutes"] = (time.perf_counter() - t0) / 60
+    _save(out, report, cfg.baseline, verbose=verbose)
+    return report
+
+
+def _row(it: int, frames: int, new_frames: int, beta: float | None, dag: dict, bc: dict | None,
+         model: str, bc_model: str | None, drives: list[dict]) -> dict:
+    def pick(s: dict | None) -> dict | None:
+        if s is None:
+            return None
+        return {k: s.get(k) for k in ("laps_attempted", "laps_completed", "completion_rate", "route_completion",
+                                      "off_track_per_km", "interventions", "mean_abs_cte_m", "autonomy_pct")}
+
+    return {"iteration": it, "frames": frames, "new_frames": new_frames, "beta": beta,
+            "drive_interventions": sum(d["interventions"] for d in drives), "dagger": pick(dag), "bc": pick(bc),
+            "model": model, "bc_model": bc_model, "drives": drives}
+
+
+def results_table(report: dict) -> str:
+    """Per iteration: frames, the DAgger policy's closed-loop figures, and plain BC's beside them."""
+    def pct(v):
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v * 100:.0f}%"
+
+    def clean(s):
+        return "-" if s is None else f"{s['laps_completed']}/{s['laps_attempted']}"
+
+    headers = ["iter", "frames", "new", "beta", "interv. while driving", "DAgger clean", "DAgger route",
+               "BC clean", "BC route"]
+    rows = []
+    for r in report["iterations"]:
+        d, b = r["dagger"], r.get("bc")
+        rows.append([str(r["iteration"]), f"{r['frames']:,}", f"{r['new_frames']:,}",
+                     "-" if r["beta"] is None else f"{r['beta']:.2f}", str(r["drive_interventions"]),
+                     clean(d), pct(d["route_completion"]), clean(b), pct(b["route_completion"] if b else None)])
+    return table(headers, rows, title=f"DAgger vs plain BC on {report['config']['eval_tracks']} "
+                                      f"(clean laps / laps; route = share driven before the first intervention)")
+
+
+def plot_completion(report: dict, path: Path) -> Path:
+    """Clean-lap rate and route completion per iteration, DAgger against BC; PNG written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    its = report["iterations"]
+    x = [r["iteration"] for r in its]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    for k, (key, name) in enumerate((("completion_rate", "clean-lap rate"), ("route_completion", "route completion"))):
+        ax[k].plot(x, [100 * (r["dagger"][key] or 0) for r in its], "o-", label="DAgger")
+        if any(r.get("bc") for r in its):
+            ax[k].plot(x, [100 * (r["bc"][key] or 0) if r.get("bc") else None for r in its], "s--",
+                       label="plain BC, same frames")
+        ax[k].set_xlabel("iteration (0 = start policy)")
+        ax[k].set_ylabel(f"{name} (%)")
+        ax[k].set_ylim(-3, 103)
+        ax[k].set_xticks(x)
+        ax[k].set_xticklabels([f"{i}\n{r['frames'] / 1000:.0f}k fr" for i, r in zip(x, its)])
+        ax[k].grid(alpha=0.3)
+        ax[k].legend()
+    fig.suptitle(f"held-out tracks {report['config']['eval_tracks']}")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _save(out: Path, report: dict, baseline: bool, verbose: bool) -> None:
+    from .evaluate import write_json
+    from .metrics import json_safe
+
+    write_json(out / REPORT_FILE, json_safe(report))
+    plot_completion(report, out / PLOT_FILE)
+    if verbose:
+        print("\n" + results_table(report))
+        print(f"\nreport: {out / REPORT_FILE}  plot: {out / PLOT_FILE}  "
+              f"last policy: {report['iterations'][-1]['model']}")
+
+
+# -- command line --------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = DaggerConfig()
+    parser.add_argument("--data", required=True, metavar="DIR", help="the drives the start policy learned from")
+    parser.add_argument("--model", required=True, metavar="MODEL_DIR", help="the start policy (made by `train`)")
+    parser.add_argument("--tracks", required=True, metavar="SPEC", help="tracks the policy drives each iteration")
+    parser.add_argument("--iterations", type=int, default=d.iterations, help="DAgger iterations (default %(default)s)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--minutes-per-iter", type=float, help=f"training minutes per iteration (default "
+                        f"{d.minutes_per_iter:g})")
+    budget.add_argument("--epochs-per-iter", type=int, help="training epochs per iteration instead of minutes")
+    parser.add_argument("--beta0", type=float, default=d.beta0,
+                        help="expert's share of the executed steering in iteration 1 (default 0: the policy drives)")
+    parser.add_argument("--beta-decay", type=float, default=d.beta_decay,
+                        help="beta_i = beta0 * decay^(i-1) (default %(default)s)")
+    parser.add_argument("--laps", type=int, default=d.laps, help="laps per track per iteration (default 1)")
+    parser.add_argument("--max-steps", type=int, help="cap on steps per drive (default: three expert lap times)")
+    parser.add_argument("--eval-tracks", default=d.eval_tracks, metavar="SPEC",
+                        help="held-out tracks for the closed-loop evaluation (default %(default)s)")
+    parser.add_argument("--eval-laps", type=int, default=d.eval_laps, help="laps per evaluation track (default 1)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the plain-BC baseline (half the work)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="a new folder for drives, policies and report")
+    parser.add_argument("--seed", type=int, default=d.seed, help="seed of drives and training (default 0)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def main(args: argparse.Namespace) -> int:
+    minutes = args.minutes_per_iter
+    if minutes is None and args.epochs_per_iter is None:
+        minutes = DaggerConfig.minutes_per_iter
+    cfg = DaggerConfig(iterations=args.iterations, minutes_per_iter=minutes, epochs_per_iter=args.epochs_per_iter,
+                       beta0=args.beta0, beta_decay=args.beta_decay, laps=args.laps, max_steps=args.max_steps,
+                       eval_tracks=args.eval_tracks, eval_laps=args.eval_laps, baseline=not args.no_baseline,
+                       seed=args.seed)
+    run_dagger(args.data, args.model, args.tracks, args.out, cfg, device=args.device)
+    return 0
