@@ -112,15 +112,16 @@ def run_demo(out: str | os.PathLike | None = None, quick: bool = False, device: 
     t0 = time.perf_counter()
     report = evaluate(driver, plan.eval_procedural, 1, video=out / "drive.mp4", video_frames=plan.video_frames,
                       plot_dir=out / "plots" / "procedural", compare_expert=True,
-                      command=f"run_drive.py eval --model {out / 'model'} --tracks {plan.eval_procedural} "
-                              "--laps 1 --compare-expert")
+                      command=f"python run_drive.py eval --model {out / 'model'} --tracks {plan.eval_procedural} "
+                              f"--laps 1 --compare-expert --video {out / 'drive.mp4'} --video-frames "
+                              f"{plan.video_frames} --plot {out / 'plots' / 'procedural'}")
     write_json(out / "eval_procedural.json", report)
     evals.append(("unseen procedural", "eval_procedural.json", report))
     real_spec, real_note = _real_spec(plan, Path(real_dir))
     if real_spec is not None:
         report = evaluate(driver, real_spec, 1, plot_dir=out / "plots" / "real", compare_expert=True,
-                          command=f"run_drive.py eval --model {out / 'model'} --tracks {real_spec} "
-                                  "--laps 1 --compare-expert")
+                          command=f"python run_drive.py eval --model {out / 'model'} --tracks {real_spec} "
+                                  f"--laps 1 --compare-expert --plot {out / 'plots' / 'real'}")
         write_json(out / "eval_real.json", report)
         evals.append(("real circuits", "eval_real.json", report))
     else:
