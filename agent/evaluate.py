@@ -16,6 +16,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import queue as queue_mod
 import re
 import sys
 import time
@@ -355,7 +356,13 @@ def _run_processes(driver, jobs, cfg, laps, seed, workers, batch, video, keep_tr
     try:
         running = len(procs)
         while running:
-            kind, value, result = queue.get()
+            try:
+                kind, value, result = queue.get(timeout=1.0)
+            except queue_mod.Empty:
+                if not any(p.is_alive() for p in procs):  # killed without a word (out of memory, SIGKILL)
+                    codes = ", ".join(str(p.exitcode) for p in procs)
+                    raise RuntimeError(f"evaluation worker processes ended unexpectedly (exit codes {codes})")
+                continue
             if kind == "exit":
                 running -= 1
             elif kind == "progress":
