@@ -207,7 +207,7 @@ def grid_image(frames: np.ndarray, maps: dict[str, np.ndarray], labels: np.ndarr
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     """Encode and write a PNG atomically (temp file in the same folder, then rename)."""
     path = Path(path)
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:
         raise UserError(f"--out {path}: could not encode the picture as PNG")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
