@@ -517,11 +517,11 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, minutes: f
                     last_ckpt = time.perf_counter()
                     t_last = last_ckpt  # checkpoint writing is not training time
         t0 = time.perf_counter()
+        ep_time = t0 - ep_t  # training only: frames/s of the loop, not of validation
         val = validate()
         trained_s += time.perf_counter() - t0
         done_epoch = batch_in_epoch >= steps_per_epoch
         train_loss = float(loss_sum) / max(loss_n, 1)
-        ep_time = time.perf_counter() - ep_t
         history.append({"epoch": round(epoch + batch_in_epoch / steps_per_epoch, 3), "train_loss": train_loss,
                         "val_loss": val, "lr": lr_at(cfg, progress_frac(), step),
                         "frames_per_s": ep_frames * world / max(ep_time, 1e-9), "minutes": trained_s / 60})
