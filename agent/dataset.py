@@ -188,7 +188,10 @@ def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None,
             sigma = smooth if smooth is not None else (0.25 if source in SMOOTH_SOURCES else 0.0)
             if sigma > 0:
                 labels = smooth_labels(labels, sigma, denv.car.dt)
-            keep = ~_bad_mask(d.off_track, d.intervention, round(drop_before_s / denv.car.dt))
+            # DAgger drives keep the second before an intervention: the expert's labels there are the
+            # very corrections DAgger collects (the policy drifted off; the label steers back)
+            before = 0 if source == "dagger" else round(drop_before_s / denv.car.dt)
+            keep = ~_bad_mask(d.off_track, d.intervention, before)
             st = d.state
             pose = np.stack([st["x"], st["y"], st["yaw"], st["speed"], st["s"]], 1)
             keep &= np.all(np.isfinite(pose), 1)
