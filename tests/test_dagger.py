@@ -146,3 +146,18 @@ def test_bad_input_ends_with_one_error_line(world, tmp_path, change, message):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_training_keeps_the_frames_before_a_dagger_intervention(tmp_path):
+    """Those frames carry the expert's corrections of the policy's drift: the point of DAgger."""
+    from test_dataset import record_drive
+
+    from agent.dataset import load_drives
+    from data.recording import read_drive
+
+    record_drive(tmp_path / "dagger", steps=120, bias=0.9, source="dagger")
+    raw = read_drive(tmp_path / "dagger")
+    bad = raw.off_track | raw.intervention
+    assert bad.any()
+    d = load_drives(tmp_path, drop_before_s=1.0).drives[0]
+    assert d.dropped == int(bad.sum()) and len(d) == len(raw) - int(bad.sum())
