@@ -364,6 +364,8 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, minutes: f
             out.mkdir(exist_ok=True)
         except OSError as e:
             raise UserError(f"--out {out}: cannot create folder ({e.strerror})") from None
+        for stale in [*out.glob(".*.tmp"), *out.glob(".*.tmp.png")]:  # temp files of a killed run
+            stale.unlink(missing_ok=True)
     train_ids, val_ids = split_by_drive(len(data.drives), cfg.val_fraction, cfg.seed)
     train_drives = [data.drives[i] for i in train_ids]
     val_drives = [data.drives[i] for i in val_ids]

@@ -12,7 +12,7 @@ from test_dataset import record_drive
 
 from agent.model import load_policy
 from agent.train import STATE_JSON, TrainConfig, load_checkpoint, train
-from sim import camera_from_name
+from sim import UserError, camera_from_name
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = TrainConfig(arch="small", batch=32, lr=2e-3)
@@ -73,6 +73,20 @@ def test_a_run_stopped_mid_epoch_resumes_mid_epoch(drives, tmp_path):
     res = train(drives, out, epochs=1, device="cpu", resume=True, verbose=False)
     assert res.steps == 20  # 320 samples / batch 16: the rest of epoch 1, nothing twice
     assert load_checkpoint(out)[0]["epoch"] == 1
+
+
+def test_warm_start_from_a_policy(drives, tmp_path):
+    train(drives, tmp_path / "a", epochs=1, cfg=TINY, device="cpu", verbose=False)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / ".model.safetensors.x.tmp").write_bytes(b"half")  # left by a killed run
+    train(drives, tmp_path / "b", epochs=1, cfg=TrainConfig(arch="small", lr=1e-12), device="cpu",
+          init_from=tmp_path / "a", verbose=False)
+    a, b = load_policy(tmp_path / "a").model.state_dict(), load_policy(tmp_path / "b").model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert not (tmp_path / "b" / ".model.safetensors.x.tmp").exists()
+    with pytest.raises(UserError, match="pilotnet"):
+        train(drives, tmp_path / "c", epochs=1, cfg=TrainConfig(arch="pilotnet"), device="cpu",
+              init_from=tmp_path / "a", verbose=False)
 
 
 def test_ddp_with_two_cpu_processes_runs(drives, tmp_path):
