@@ -361,7 +361,7 @@ def _run_processes(driver, jobs, cfg, laps, seed, workers, batch, video, keep_tr
             except queue_mod.Empty:
                 if not any(p.is_alive() for p in procs):  # killed without a word (out of memory, SIGKILL)
                     codes = ", ".join(str(p.exitcode) for p in procs)
-                    raise RuntimeError(f"evaluation worker processes ended unexpectedly (exit codes {codes})")
+                    raise RuntimeError(f"evaluation worker processes ended unexpectedly (exit codes {codes})") from None
                 continue
             if kind == "exit":
                 running -= 1

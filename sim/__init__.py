@@ -6,8 +6,8 @@
 from gymnasium.envs.registration import register, registry
 
 from .car import CarConfig, CarState
-from .errors import UserError
 from .env import DriveEnv, EnvConfig
+from .errors import UserError
 from .expert import Expert, expert_steering
 from .render import CAMERA_PRESETS, Camera, CameraConfig, camera_from_name
 from .track import Track, TrackError, load_track, load_tracks, parse_spec

@@ -9,8 +9,8 @@ from gymnasium.utils.env_checker import check_env
 
 import sim
 from sim import CarConfig, CarState, DriveEnv, Expert, load_track
-from sim.car import step, steering_for_curvature
-from sim.render import ASPHALT, Camera, CameraConfig, camera_from_name, default_palette, random_palette
+from sim.car import steering_for_curvature, step
+from sim.render import ASPHALT, Camera, camera_from_name, default_palette, random_palette
 
 
 # -- car ------------------------------------------------------------------------------------------
