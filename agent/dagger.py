@@ -17,6 +17,9 @@ retrains; repeat. Each iteration here:
 The baseline is plain BC given the same number of frames and the same training: each iteration the
 autopilot (with the noise injection of the start drives) records exactly as many frames on the same
 tracks as the policy drove, and a BC policy is retrained on its own aggregate in the same way.
+Both arms train with the start policy's own training settings; `--no-augment` turns off the
+viewpoint-shift and mirror augmentation (synthetic recoveries, PilotNet's side cameras) in both, the
+classical comparison: then the only recovery data is what DAgger collects.
 
 Output folder: data/ (start drives linked in, dagger_NN/ drives), bc_data/ (likewise, bc_NN/),
 models/dagger_NN and models/bc_NN (policies), dagger.json, completion.png.
@@ -53,6 +56,9 @@ EXAMPLES = """examples:
       --iterations 3 --minutes-per-iter 2 --eval-tracks procedural:1000-1009 --out data/reports/dagger
   python run_drive.py dagger --data data/drives/few --model data/models/few --tracks procedural:4-7 \\
       --iterations 5 --beta0 0.5 --no-baseline --out data/reports/dagger_mix
+  python run_drive.py train --data data/drives/few --out data/models/few_plain --minutes 3 --no-augment
+  python run_drive.py dagger --data data/drives/few --model data/models/few_plain --tracks procedural:4-9 \\
+      --iterations 3 --minutes-per-iter 1.5 --no-augment --out data/reports/dagger_plain
 
 The policy drives, the expert labels every frame it visits, the frames join the data, the policy is
 retrained from where it was, and it is evaluated on held-out tracks; the table compares it with
@@ -79,6 +85,7 @@ class DaggerConfig:
     baseline: bool = True  # also train plain BC on as many autopilot frames
     seed: int = 0
     batch: int = 8  # tracks driven in lock step, one policy call for all
+    no_augment: bool = False  # plain BC in both arms: no viewpoint-shift/mirror/light augmentation
 
     def beta(self, iteration: int) -> float:
         """Expert share of the executed steering in `iteration` (1-based)."""
@@ -296,6 +303,7 @@ def run_dagger(data_dir: str | os.PathLike, model_dir: str | os.PathLike, tracks
     report (also written to `out_dir/dagger.json`). `overrides` replace fields of `cfg`."""
     import torch
 
+    from .dataset import NO_AUGMENT
     from .evaluate import PolicyDriver, evaluate
     from .model import load_policy
     from .train import TrainConfig, train
@@ -315,6 +323,12 @@ def run_dagger(data_dir: str | os.PathLike, model_dir: str | os.PathLike, tracks
             train_cfg = TrainConfig.from_dict(saved)
         except (TypeError, ValueError):
             pass
+    start_augmented = train_cfg.augment != NO_AUGMENT
+    if cfg.no_augment:
+        train_cfg = replace(train_cfg, augment=NO_AUGMENT)
+        if start_augmented:
+            say(f"note: {model_dir} was trained with augmentation (synthetic recoveries); for plain BC from the "
+                f"start, train it with `train --no-augment`")
     noise = _start_noise(data_dir)
     # Driving and evaluating feed a few frames at a time: one thread per process is as fast on an idle
     # CPU and 3-10x faster on a busy one, where a second thread waits for a shared core.
@@ -338,7 +352,8 @@ def run_dagger(data_dir: str | os.PathLike, model_dir: str | os.PathLike, tracks
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["run_drive.py", *sys.argv[1:]]) if verbose else "run_dagger",
         "start_model": str(model_dir), "start_data": str(data_dir), "tracks": tracks_spec,
-        "config": asdict(cfg), "train_config": asdict(train_cfg), "baseline_noise": noise, "iterations": [],
+        "config": asdict(cfg), "train_config": asdict(train_cfg), "start_augmented": start_augmented,
+        "baseline_noise": noise, "iterations": [],
     }
     say(f"DAgger from {model_dir} ({start_frames:,} start frames): {cfg.iterations} iteration(s) on {tracks_spec}, "
         f"evaluated on {cfg.eval_tracks}" + (", with the plain-BC baseline" if cfg.baseline else ""))
@@ -409,8 +424,10 @@ def results_table(report: dict) -> str:
         rows.append([str(r["iteration"]), f"{r['frames']:,}", f"{r['new_frames']:,}",
                      "-" if r["beta"] is None else f"{r['beta']:.2f}", str(r["drive_interventions"]),
                      clean(d), pct(d["route_completion"]), clean(b), pct(b["route_completion"] if b else None)])
+    plain = "; no augmentation in either arm" if report["config"].get("no_augment") else ""
     return table(headers, rows, title=f"DAgger vs plain BC on {report['config']['eval_tracks']} "
-                                      f"(clean laps / laps; route = share driven before the first intervention)")
+                                      f"(clean laps / laps; route = share driven before the first intervention"
+                                      f"{plain})")
 
 
 def plot_completion(report: dict, path: Path) -> Path:
@@ -477,6 +494,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="held-out tracks for the closed-loop evaluation (default %(default)s)")
     parser.add_argument("--eval-laps", type=int, default=d.eval_laps, help="laps per evaluation track (default 1)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the plain-BC baseline (half the work)")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="plain BC: no viewpoint-shift/mirror augmentation in either arm, so the only recovery "
+                             "data is what DAgger collects (default: train as the start policy was trained; "
+                             "train that one with `train --no-augment` too)")
     parser.add_argument("--out", required=True, metavar="DIR", help="a new folder for drives, policies and report")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of drives and training (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -489,6 +510,6 @@ def main(args: argparse.Namespace) -> int:
     cfg = DaggerConfig(iterations=args.iterations, minutes_per_iter=minutes, epochs_per_iter=args.epochs_per_iter,
                        beta0=args.beta0, beta_decay=args.beta_decay, laps=args.laps, max_steps=args.max_steps,
                        eval_tracks=args.eval_tracks, eval_laps=args.eval_laps, baseline=not args.no_baseline,
-                       seed=args.seed)
+                       seed=args.seed, no_augment=args.no_augment)
     run_dagger(args.data, args.model, args.tracks, args.out, cfg, device=args.device)
     return 0

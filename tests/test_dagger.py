@@ -161,3 +161,26 @@ def test_training_keeps_the_frames_before_a_dagger_intervention(tmp_path):
     assert bad.any()
     d = load_drives(tmp_path, drop_before_s=1.0).drives[0]
     assert d.dropped == int(bad.sum()) and len(d) == len(raw) - int(bad.sum())
+
+
+def test_no_augment_trains_both_arms_on_the_frames_as_recorded(world, tmp_path):
+    """`dagger --no-augment`: the classical comparison, plain BC in both arms; the start policy here was
+    trained with augmentation, which the command points out."""
+    from dataclasses import asdict
+
+    from agent.dataset import NO_AUGMENT
+
+    root, ring = world
+    out = tmp_path / "plain"
+    r = cli("dagger", "--data", str(root / "start_drives"), "--model", str(root / "start_model"), "--tracks",
+            str(ring), "--iterations", "1", "--epochs-per-iter", "1", "--max-steps", "20", "--eval-tracks",
+            str(ring), "--no-augment", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "was trained with augmentation" in r.stdout and "no augmentation in either arm" in r.stdout
+    for arm in ("dagger_01", "bc_01"):
+        card = load_policy(out / "models" / arm).card
+        assert card["training"]["config"]["augment"] == asdict(NO_AUGMENT), arm
+        assert card["training"]["config"]["batch"] == TINY.batch  # the rest as the start policy was trained
+    saved = json.loads((out / "dagger.json").read_text())
+    assert saved["config"]["no_augment"] is True and saved["start_augmented"] is True
+    assert saved["train_config"]["augment"] == asdict(NO_AUGMENT)
