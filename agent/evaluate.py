@@ -185,7 +185,7 @@ class _Video:
         self.owner = owner  # index of the drive filmed
         self.info = info  # the env info of the frame about to be written
 
-    def add(self, env, steering: float, expert_steering: float) -> None:
+    def add(self, env, steering: float, expert_steering: float, saliency: np.ndarray | None = None) -> None:
         if self.done:
             return
         cv2 = self.cv2
@@ -214,7 +214,15 @@ class _Video:
                      f"speed {info['speed'] * 3.6:.0f} km/h", f"cte {info['cte']:+.2f} m",
                      f"interventions {self.interventions}"]
             for i, text in enumerate(lines):
-                cv2.putText(panel, text, (14, 180 + 26 * i), font, 0.5, white, 1, cv2.LINE_AA)
+                cv2.putText(panel, text, (14, 170 + 22 * i), font, 0.5, white, 1, cv2.LINE_AA)
+        if saliency is not None:  # what the network looks at, under the figures
+            side = self.PANEL_W - 40
+            img = cv2.resize(saliency, (side, round(side * saliency.shape[0] / saliency.shape[1])),
+                             interpolation=cv2.INTER_NEAREST)
+            y0 = h - img.shape[0] - 10
+            if y0 > 268:  # below the text lines
+                panel[y0:y0 + img.shape[0], 14:14 + side] = img
+                cv2.putText(panel, "saliency", (14, y0 - 6), font, 0.45, white, 1, cv2.LINE_AA)
         if info and info.get("intervention"):
             cv2.rectangle(world, (0, 0), (world.shape[1] - 1, h - 1), (255, 40, 40), 6)
         frame = np.ascontiguousarray(np.concatenate([world, panel], axis=1)[:, :, ::-1])
@@ -266,7 +274,11 @@ def drive_tracks(driver, jobs: list[tuple[int, str]], cfg: EnvConfig, laps: int,
         for d, a in zip(active, steering):
             filming = recorder is not None and recorder.owner == d.index
             if filming:
-                recorder.add(d.env, float(a), expert.steering(d.env))
+                sal = None
+                if video.get("saliency") and isinstance(driver, PolicyDriver):
+                    from .saliency import saliency_overlay
+                    sal = saliency_overlay(driver.policy, d.obs)
+                recorder.add(d.env, float(a), expert.steering(d.env), sal)
             d.obs, _, terminated, truncated, info = d.env.step(np.array([a], dtype=np.float32))
             d.add(info)
             if filming:
@@ -436,7 +448,8 @@ def _slug(name: str) -> str:
 def evaluate(driver, tracks_spec: str, laps: int = 1, *, seed: int = 0, randomise_palette: bool = False,
              workers: int = 1, batch: int = 8, video: str | os.PathLike | None = None,
              video_frames: int = VIDEO_FRAMES, plot_dir: str | os.PathLike | None = None,
-             compare_expert: bool = False, command: str | None = None, show_progress: bool = True) -> dict:
+             compare_expert: bool = False, command: str | None = None, show_progress: bool = True,
+             saliency: bool = False) -> dict:
     """Drive `laps` laps of every track in `tracks_spec` with `driver` (ExpertDriver or PolicyDriver)
     and return the report: {"summary", "tracks", "driver", "command", ...} (JSON-ready, NaN as None)."""
     if laps < 1:
@@ -452,7 +465,8 @@ def evaluate(driver, tracks_spec: str, laps: int = 1, *, seed: int = 0, randomis
                   randomise_palette=randomise_palette, random_start=False)
     if isinstance(driver, PolicyDriver):
         driver.policy.check_env(cfg)
-    video_job = None if video is None else {"index": 0, "path": str(video), "max_frames": int(video_frames)}
+    video_job = None if video is None else {"index": 0, "path": str(video), "max_frames": int(video_frames),
+                                            "saliency": bool(saliency)}
     keep = plot_dir is not None
 
     t0 = time.perf_counter()
@@ -550,6 +564,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", metavar="PATH", help="mp4 of the first lap of the first track")
     parser.add_argument("--video-frames", type=int, default=VIDEO_FRAMES,
                         help=f"at most this many video frames (default {VIDEO_FRAMES}, 20 per second)")
+    parser.add_argument("--saliency", action="store_true",
+                        help="draw what the network looks at (gradient saliency) in the --video panel")
     parser.add_argument("--plot", metavar="DIR", help="one PNG per track: trajectory coloured by |cte|")
     parser.add_argument("--randomise-palette", action="store_true", help="new colours on every track")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first track's episode (default 0)")
@@ -563,7 +579,7 @@ def main(args: argparse.Namespace) -> int:
     driver = ExpertDriver() if args.expert else PolicyDriver(args.model, device=args.device)
     report = evaluate(driver, args.tracks, args.laps, seed=args.seed, randomise_palette=args.randomise_palette,
                       workers=args.workers, batch=args.batch, video=args.video, video_frames=args.video_frames,
-                      plot_dir=args.plot, compare_expert=args.compare_expert)
+                      plot_dir=args.plot, compare_expert=args.compare_expert, saliency=args.saliency)
     print(format_table(report))
     s = report["summary"]
     rc = "-" if s["route_completion"] is None else f"{s['route_completion'] * 100:.1f}%"

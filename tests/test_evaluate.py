@@ -136,3 +136,25 @@ def test_a_policy_that_only_drives_straight_is_put_back_and_goes_on(tmp_path):
     assert row["route_completion"] < 1.0 and row["autonomy_pct"] < 100.0
     assert row["laps_finished"] == 1 and row["interventions"] == row["off_track_events"]
     assert row["expert"]["laps_completed"] == 1 and report["summary"]["expert"]["completion_rate"] == 1.0
+
+
+def test_video_can_show_what_the_network_looks_at(tmp_path):
+    """`eval --video --saliency`: the panel beside the world view carries the saliency overlay, so
+    those frames differ from a video of the same drive without it."""
+    from agent.model import build_model, save_policy
+    from sim import EnvConfig
+
+    cfg = EnvConfig()
+    save_policy(tmp_path / "p", build_model("small", cfg.camera), {"arch": "small", "env": cfg.to_dict()})
+    frames = {}
+    for name, flag in (("plain", False), ("saliency", True)):
+        path = tmp_path / f"{name}.mp4"
+        evaluate(PolicyDriver(tmp_path / "p"), SHORT, 1, video=path, video_frames=5, saliency=flag,
+                 show_progress=False)
+        cap = cv2.VideoCapture(str(path))
+        assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+        ok, frames[name] = cap.read()
+        assert ok
+    h, w = frames["plain"].shape[:2]
+    panel = (slice(h - 200, h), slice(w - 200, w))
+    assert np.abs(frames["plain"][panel].astype(int) - frames["saliency"][panel]).mean() > 5
