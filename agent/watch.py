@@ -10,9 +10,7 @@ the car back). +/- run the simulation 1x..8x faster. The loop is `watch()`, with
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from sim.progress import table
 from sim.track import load_track, parse_spec
 
 from .metrics import autonomy_pct
+from .model import single_thread_inference
 
 EXAMPLES = """examples:
   python run_drive.py watch --model data/models/pilot --track procedural:1000
@@ -101,22 +100,6 @@ def saliency_overlay(policy) -> Callable[[np.ndarray], np.ndarray]:
             raise
         raise UserError("--saliency: saliency maps are not available in this version") from None
     return lambda frame: saliency.saliency_overlay(policy, frame)
-
-
-@contextmanager
-def single_thread_inference():
-    """One torch thread while a window drives: batch-1 inference gains nothing from more, and on a
-    busy CPU extra threads thrash (measured 1.4 ms vs 200 ms per frame on 2 loaded cores)."""
-    torch = sys.modules.get("torch")  # only a torch policy needs it; never import torch for it
-    if torch is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def watch(cfg: EnvConfig, policy, *, realtime: bool = True, clock=None,

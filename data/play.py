@@ -148,7 +148,7 @@ def play(cfg: EnvConfig, out: Path, *, input_name: str = "keyboard", policy=None
     track_i = 0
     threads = nullcontext()
     if policy is not None:
-        from agent.watch import single_thread_inference
+        from agent.model import single_thread_inference
         threads = single_thread_inference()
     with threads:
         try:
