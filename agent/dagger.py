@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -41,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.recording import DriveWriter, find_drives, read_meta
+from data.recording import DriveWriter, find_drives, read_meta, unique_drive_name
 from sim.env import DriveEnv, EnvConfig
 from sim.errors import UserError
 from sim.expert import Expert
@@ -102,15 +101,6 @@ class _Run:
     info: dict
 
 
-def _drive_name(spec: str, taken: set[str]) -> str:
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(spec).stem if spec.endswith(".csv") else spec).strip("_")
-    name, k = base or "drive", 2
-    while name in taken:
-        name, k = f"{base}_{k}", k + 1
-    taken.add(name)
-    return name
-
-
 def _max_steps(env_cfg: EnvConfig, length_m: float, laps: int) -> int:
     """Three expert lap times: a policy that stalls or turns round still ends its drive."""
     return int(3 * laps * length_m / (env_cfg.car.cruise_speed_mps * env_cfg.car.dt)) + 200
@@ -134,7 +124,7 @@ def dagger_drives(policy, tracks_spec: str, out: str | os.PathLike, *, beta: flo
     for i, spec in enumerate(specs):
         length = load_track(spec).length
         steps = max_steps if max_steps is not None else _max_steps(base, length, laps)
-        jobs.append((i, spec, replace(base, track=spec, max_steps=int(steps)), out / _drive_name(spec, taken)))
+        jobs.append((i, spec, replace(base, track=spec, max_steps=int(steps)), out / unique_drive_name(spec, taken)))
     expected = sum(min(c.max_steps, laps * load_track(s).length / (c.car.cruise_speed_mps * c.car.dt)) + 1
                    for _, s, c, _ in jobs)
     rows: list[dict] = []
@@ -212,7 +202,7 @@ def bc_drives(dagger_rows: list[dict], out: str | os.PathLike, env_cfg: EnvConfi
         for k, d in enumerate(dagger_rows):
             cfg = replace(env_cfg, track=d["track"], off_track="recover", laps=None, throttle=False,
                           random_start=False, max_steps=max(1, d["frames"] - 1))
-            folder = out / _drive_name(d["track"], taken)
+            folder = out / unique_drive_name(d["track"], taken)
             r = record_one(d["track"], 1, str(folder), cfg, noise, seed + k, progress=bar.update)
             rows.append({"path": r.path, "track": r.track, "frames": r.frames,
                          "interventions": r.off_track_events, "laps": r.laps})
@@ -230,7 +220,7 @@ def _link_drives(src_root: Path, dst: Path) -> list[Path]:
     out = []
     for p in paths:
         rel = p.relative_to(src_root).as_posix() if p != src_root else p.name
-        name = _drive_name(rel.replace("/", "_") or p.name, taken)
+        name = unique_drive_name(rel.replace("/", "_") or p.name, taken)
         target = dst / name
         target.mkdir()
         for f in sorted(p.iterdir()):

@@ -13,7 +13,6 @@ import io
 import math
 import multiprocessing as mp
 import os
-import re
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from sim.progress import Progress, table
 from sim.render import N_LABELS, camera_from_name
 from sim.track import load_track, parse_spec
 
-from .recording import DriveWriter
+from .recording import DriveWriter, unique_drive_name
 
 EXAMPLES = """examples:
   python run_drive.py record --autopilot --tracks procedural:0-19 --laps 1 --out data/drives/auto
@@ -188,15 +187,6 @@ def _worker(spec, laps, folder, env_cfg, noise, seed, chunk_steps, parent_pid) -
 
 
 # -- many drives -----------------------------------------------------------------------------------------
-def _drive_name(spec: str, taken: set[str]) -> str:
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(spec).stem if spec.endswith(".csv") else spec).strip("_")
-    name, k = base or "drive", 2
-    while name in taken:
-        name, k = f"{base}_{k}", k + 1
-    taken.add(name)
-    return name
-
-
 def check_out_dir(out: str | os.PathLike) -> Path:
     """Create the output folder (its parent must exist) and check it is writable: a `UserError` otherwise."""
     out = Path(out)
@@ -239,7 +229,7 @@ def record_autopilot(tracks_spec: str, laps: int, out: str | os.PathLike, *, noi
     lengths = [load_track(s).length for s in specs]  # loads (and validates) every track before any work
     out = check_out_dir(out)
     taken = {p.name for p in out.iterdir()}
-    folders = [str(out / _drive_name(s, taken)) for s in specs]
+    folders = [str(out / unique_drive_name(s, taken)) for s in specs]
     base_cfg = EnvConfig(camera=cam, randomise_palette=randomise_palette, off_track="recover", laps=laps)
     seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(len(specs))]
     jobs = []

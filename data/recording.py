@@ -367,6 +367,17 @@ def read_drive(folder: str | os.PathLike, frames: bool = True) -> Drive:
     )
 
 
+def unique_drive_name(spec: str, taken: set[str]) -> str:
+    """A folder name for a drive of track `spec` (`procedural:3` -> `procedural_3`, a CSV -> its stem),
+    made unique against `taken`, which it extends."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(spec).stem if spec.endswith(".csv") else spec).strip("_")
+    name, k = base or "drive", 2
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
+
+
 def find_drives(root: str | os.PathLike) -> list[Path]:
     """Every drive folder (one holding meta.json) under `root`, `root` included, sorted.
 
