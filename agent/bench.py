@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.errors import UserError
+from sim.files import atomic_write_text
 from sim.progress import table
 
 EXAMPLES = """examples:
@@ -201,8 +202,6 @@ def main(args) -> int:
     if "carracing_note" in e:
         print(e["carracing_note"])
     if args.json:
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(res, indent=2))
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, json.dumps(res, indent=2))
         print(f"wrote {args.json}")
     return 0

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from sim.errors import UserError
+from sim.files import atomic_write_text
 
 from .evaluate import PolicyDriver, evaluate, write_json
 
@@ -132,7 +133,7 @@ def run_demo(out: str | os.PathLike | None = None, quick: bool = False, device: 
     timings["total"] = time.perf_counter() - t_all
     md = render_report(out, plan, quick, rec, result, evals, real_note, timings)
     path = out / "report.md"
-    _atomic_write_text(path, md)
+    atomic_write_text(path, md)
     print()
     print(summary_table(evals))
     print(f"\nreport: {path}")
@@ -224,12 +225,6 @@ def render_report(out: Path, plan: DemoPlan, quick: bool, rec, result, evals, re
                f"--minutes {plan.train_minutes:g} --arch {plan.arch}"),
               *[rep["command"] for _, _, rep in evals], "```", ""]
     return "\n".join(lines)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # -- command line -------------------------------------------------------------------------------------

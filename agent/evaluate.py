@@ -31,6 +31,7 @@ import numpy as np
 from sim.env import DriveEnv, EnvConfig
 from sim.errors import UserError
 from sim.expert import Expert
+from sim.files import atomic_savefig, atomic_write_text
 from sim.progress import Progress, table
 from sim.track import load_track, parse_spec
 
@@ -425,10 +426,8 @@ def plot_drive(path: Path, spec: str, trajectory: dict, metrics: dict, title: st
                  f"autonomy {metrics['autonomy_pct']:.0f}%", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, format="png")
+    atomic_savefig(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -537,10 +536,7 @@ def write_json(path: str | os.PathLike, report: dict) -> Path:
     """Write the report atomically (temp file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(report, indent=2, allow_nan=False) + "\n")
 
 
 # -- command line -------------------------------------------------------------------------------------

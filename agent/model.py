@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 
 from sim.env import EnvConfig
 from sim.errors import UserError
+from sim.files import atomic_write
 from sim.render import CameraConfig
 
 from .preprocess import PREPROCESS, preprocess
@@ -73,22 +73,6 @@ def count_parameters(model: nn.Module) -> int:
 
 
 # -- saving and loading ---------------------------------------------------------------------------
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a policy is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def state_bytes(model: nn.Module) -> bytes:
     """The model's weights as safetensors bytes (contiguous CPU copies; DDP prefixes removed)."""
     from safetensors.torch import save
@@ -115,8 +99,8 @@ def save_policy(folder: str | os.PathLike, model: nn.Module, card: dict) -> Path
     full.update(format_version=FORMAT_VERSION, preprocess=dict(PREPROCESS), weights=WEIGHTS_FILE,
                 weights_sha256=hashlib.sha256(blob).hexdigest(),
                 parameters=count_parameters(getattr(model, "module", model)))
-    _atomic_write_bytes(folder / WEIGHTS_FILE, blob)
-    _atomic_write_bytes(folder / CARD_FILE, (json.dumps(full, indent=2, default=_json_default) + "\n").encode())
+    atomic_write(folder / WEIGHTS_FILE, blob)
+    atomic_write(folder / CARD_FILE, (json.dumps(full, indent=2, default=_json_default) + "\n").encode())
     return folder
 
 

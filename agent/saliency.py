@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sim.errors import UserError
+from sim.files import atomic_write
 
 from .preprocess import preprocess
 
@@ -210,16 +210,7 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:
         raise UserError(f"--out {path}: could not encode the picture as PNG")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, buf.tobytes())
 
 
 def saliency_grid(model_dir: str | os.PathLike, drive_dir: str | os.PathLike, out: str | os.PathLike,

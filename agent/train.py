@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from sim.errors import UserError
+from sim.files import atomic_savefig, atomic_write
 from sim.progress import Progress, table
 from sim.render import CameraConfig, camera_from_name
 
@@ -41,7 +42,7 @@ from .dataset import (
     split_by_drive,
     val_index,
 )
-from .model import ARCHS, CARD_FILE, _atomic_write_bytes, build_model, count_parameters, save_policy
+from .model import ARCHS, CARD_FILE, build_model, count_parameters, save_policy
 
 EXAMPLES = """examples:
   python run_drive.py train --data data/drives/auto --out data/models/pilot --minutes 10
@@ -157,7 +158,7 @@ def _json_default(o):
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+    atomic_write(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
 
 
 # -- checkpoints -------------------------------------------------------------------------------------
@@ -176,7 +177,7 @@ def save_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimize
     tensors["rng.torch"] = torch.get_rng_state()
     blob = save(tensors)
     name = f"train_state_{state['step']:08d}.safetensors"
-    _atomic_write_bytes(out / name, blob)
+    atomic_write(out / name, blob)
     meta = dict(state, tensors=name, sha256=hashlib.sha256(blob).hexdigest(), param_groups=osd["param_groups"])
     _write_json(out / STATE_JSON, meta)
     for p in out.iterdir():
@@ -246,10 +247,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
     ax[1].grid(alpha=0.3)
     fig.suptitle(f"training: {path.parent.name}")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    atomic_savefig(fig, path, dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # -- distributed -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.errors import UserError
+from sim.files import atomic_savefig
 from sim.progress import table
 
 from .recording import Drive, find_drives, read_drive
@@ -152,14 +153,10 @@ def plot_drives(stats: list[dict], drives: list[Drive], out: str | os.PathLike, 
     if len(drives) > len(shown):
         fig.suptitle(f"first {len(shown)} of {len(drives)} drives shown")
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=90)
-        os.replace(tmp, out)
+        atomic_savefig(fig, out, format="png", dpi=90)
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return out
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.errors import UserError
+from sim.files import atomic_write, atomic_write_text
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -40,29 +40,9 @@ STATE_KEYS = ("x", "y", "yaw", "speed", "steer_angle", "s", "cte", "heading_erro
 LABEL_KEYS = ("steering", "throttle", "executed_steering", "correction", "off_track", "intervention")
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    """Call `write(fileobj)` on a temp file beside `path`, fsync it, then rename it to `path`.
-
-    A crash leaves either the old file, the new one, or a stray `.tmp` file: never a half file under
-    the final name."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _write_json(path: Path, obj: dict) -> None:
     text = json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n"
-    _atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write_text(path, text)
 
 
 def _json_default(o):
@@ -182,7 +162,7 @@ class DriveWriter:
         for k in STATE_KEYS:
             arrays[k] = np.asarray(c[k], np.int32 if k == "lap" else np.float64)
         path = self.folder / f"chunk_{self.chunks_written:05d}.npz"
-        _atomic_write_bytes(path, lambda f: np.savez_compressed(f, **arrays))
+        atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
         self.bytes_written += path.stat().st_size
         self.frames_written += len(self._frames)
         self.chunks_written += 1

@@ -1,0 +1,43 @@
+"""Atomic file writes, used by every command: a temp file beside the target, flushed and fsynced,
+then renamed over it. A crash or a full disk leaves the old file or the new one, never half a file
+under the final name (at worst a stray `.NAME.*.tmp`, which no reader takes for data)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], object]) -> Path:
+    """Write `data` (bytes, or a function that writes into the open binary file) to `path` atomically."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; our files are for sharing
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, text.encode("utf-8"))
+
+
+def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
+    """Save a matplotlib figure atomically (PNG unless `format` says otherwise)."""
+    kwargs.setdefault("format", Path(path).suffix.lstrip(".") or "png")
+    return atomic_write(path, lambda f: fig.savefig(f, **kwargs))
