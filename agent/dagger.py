@@ -44,6 +44,7 @@ from data.recording import DriveWriter, find_drives, read_meta, unique_drive_nam
 from sim.env import DriveEnv, EnvConfig
 from sim.errors import UserError
 from sim.expert import Expert
+from sim.files import atomic_savefig
 from sim.progress import Progress, table
 from sim.render import N_LABELS
 from sim.track import load_track, parse_spec
@@ -444,10 +445,8 @@ def plot_completion(report: dict, path: Path) -> Path:
         ax[k].legend()
     fig.suptitle(f"held-out tracks {report['config']['eval_tracks']}")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=90)
+    atomic_savefig(fig, path, dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
