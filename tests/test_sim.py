@@ -170,8 +170,8 @@ def test_vector_env_async():
 
 
 # -- expert ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("spec", ["procedural:0", "procedural:5", "challenge:1"])
-def test_expert_drives_a_clean_lap(spec):
+def expert_lap(spec: str) -> dict:
+    """The expert drives one lap of `spec`; the last step's info."""
     env = DriveEnv(track=spec, off_track="continue")
     env.reset(seed=0)
     expert = Expert()
@@ -179,17 +179,17 @@ def test_expert_drives_a_clean_lap(spec):
     while not done:
         _, _, term, trunc, info = env.step(expert.act(env))
         done = term or trunc
+    return info
+
+
+@pytest.mark.parametrize("spec", ["procedural:0", "procedural:5", "challenge:1"])
+def test_expert_drives_a_clean_lap(spec):
+    info = expert_lap(spec)
     assert info["lap"] == 1 and info["off_track_count"] == 0
 
 
 def test_expert_clean_on_suzuka_through_the_crossing(real_tracks):
-    env = DriveEnv(track=str(real_tracks / "Suzuka.csv"), off_track="continue")
-    env.reset(seed=0)
-    expert = Expert()
-    done = False
-    while not done:
-        _, _, term, trunc, info = env.step(expert.act(env))
-        done = term or trunc
+    info = expert_lap(str(real_tracks / "Suzuka.csv"))
     assert info["lap"] == 1 and info["off_track_count"] == 0
 
 
