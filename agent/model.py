@@ -23,7 +23,7 @@ from torch import nn
 
 from sim.env import EnvConfig
 from sim.errors import UserError
-from sim.files import atomic_write
+from sim.files import atomic_write, read_json_object
 from sim.render import CameraConfig
 
 from .preprocess import PREPROCESS, preprocess
@@ -185,12 +185,7 @@ def read_card(folder: str | os.PathLike) -> dict:
     path = folder / CARD_FILE
     if not path.is_file():
         raise UserError(f"{path}: missing (is {folder} a policy folder made by `train`?)")
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not a valid policy card ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    if not isinstance(card, dict):
-        raise UserError(f"{path}: not a valid policy card (expected a JSON object)")
+    card = read_json_object(path, "not a valid policy card")
     version = card.get("format_version")
     if version != FORMAT_VERSION:
         raise UserError(f"{path}: policy format version {version!r}, this program reads version {FORMAT_VERSION}")

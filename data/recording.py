@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.errors import UserError
-from sim.files import atomic_write, atomic_write_text
+from sim.files import atomic_write, atomic_write_text, read_json_object
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -241,14 +241,9 @@ def read_meta(folder: str | os.PathLike) -> dict:
     """The drive's meta.json, checked: a missing or unreadable file, or another format version, is a
     `UserError` naming the file."""
     path = Path(folder) / META_FILE
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found ({folder} is not a recorded drive)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable drive metadata ({e.__class__.__name__})") from None
-    if not isinstance(meta, dict):
-        raise UserError(f"{path}: unreadable drive metadata (not a JSON object)")
+    if not path.is_file():
+        raise UserError(f"{path}: not found ({folder} is not a recorded drive)")
+    meta = read_json_object(path, "unreadable drive metadata")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise UserError(f"{path}: drive format_version {version!r}, this program reads version {FORMAT_VERSION}")

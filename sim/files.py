@@ -4,11 +4,14 @@ under the final name (at worst a stray `.NAME.*.tmp`, which no reader takes for 
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from .errors import UserError
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], object]) -> Path:
@@ -41,3 +44,16 @@ def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
     """Save a matplotlib figure atomically (PNG unless `format` says otherwise)."""
     kwargs.setdefault("format", Path(path).suffix.lstrip(".") or "png")
     return atomic_write(path, lambda f: fig.savefig(f, **kwargs))
+
+
+def read_json_object(path: str | os.PathLike, problem: str) -> dict:
+    """A JSON object from `path`, or a `UserError` "PATH: PROBLEM (why)" (a missing file is left to
+    the caller, which knows what it should have been)."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: {problem} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: {problem} (expected a JSON object)")
+    return obj

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from agent.dagger import DaggerConfig, dagger_drives, run_dagger
-from agent.model import WEIGHTS_FILE, build_model, load_policy, save_policy
+from agent.model import WEIGHTS_FILE, build_model, load_policy, save_policy, single_thread_inference
 from agent.train import TrainConfig
 from data.recording import find_drives, read_drive
 from sim.car import CarState
@@ -40,10 +40,8 @@ def ring_csv(path: Path, r: float = 22.0, n: int = 48, half_width: float = 3.5) 
 @pytest.fixture(autouse=True)
 def one_thread():
     """Single frames through a tiny CNN: one thread is ~10x faster than two fighting on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with single_thread_inference():
+        yield
 
 
 @pytest.fixture(scope="module")
