@@ -16,6 +16,7 @@ import sys
 # `run_drive.py play` never imports torch and `run_drive.py --help` is instant.
 COMMANDS = {
     "demo": ("agent.demo", "record, train, evaluate and write a report: the one-command tour"),
+    "tracks": ("data.tracks", "list the built-in tracks (procedural, challenge, 25 real circuits); --plot thumbnails"),
     "play": ("data.play", "drive yourself in a window (keyboard, mouse or gamepad); every drive is recorded"),
     "record": ("data.record", "record autopilot drives (the expert), with noise injection, in parallel"),
     "inspect": ("data.inspect", "summarise recorded drives: table, steering histogram, plots"),
@@ -33,10 +34,12 @@ EPILOG = """examples:
   python run_drive.py record --autopilot --tracks procedural:0-19 --laps 1 --out data/drives/auto
   python run_drive.py train --data data/drives/auto --out data/models/pilot --minutes 10
   python run_drive.py eval --model data/models/pilot --tracks procedural:1000-1019 --laps 1
-  python run_drive.py eval --expert --tracks ../shared/tracks/real --laps 1 --json out.json
+  python run_drive.py eval --expert --tracks real:all --laps 1 --json out.json
+  python run_drive.py tracks real:all --plot circuits.png
   python run_drive.py bench
 
-Track SPECs: procedural:7, procedural:0-19, challenge:0-9, a CSV file, a folder of CSVs; join with commas.
+Track SPECs: procedural:7, procedural:0-19, challenge:0-9, real:all, real:suzuka (any built-in circuit),
+a CSV file, a folder of CSVs; join with commas. `run_drive.py tracks` lists them.
 Run `python run_drive.py COMMAND --help` for each command's flags and examples."""
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,8 +20,6 @@ from sim.errors import UserError
 from sim.files import atomic_write_text
 
 from .evaluate import PolicyDriver, evaluate, write_json
-
-REAL_TRACKS = Path(__file__).resolve().parents[2] / "shared" / "tracks" / "real"
 
 EXAMPLES = """examples:
   python run_drive.py demo                 # ~13 minutes on a 2-core CPU, a few on a GPU
@@ -41,7 +38,7 @@ class DemoPlan:
     train_minutes: float
     arch: str
     eval_procedural: str
-    real_circuits: tuple[str, ...]
+    real_circuits: tuple[str, ...]  # built-in circuits (package data), driven as real:NAME
     video_frames: int
 
 
@@ -65,18 +62,8 @@ def _default_out() -> Path:
     return out
 
 
-def _real_spec(plan: DemoPlan, real_dir: Path) -> tuple[str | None, str]:
-    """The SPEC of the real circuits to drive, or None with the reason."""
-    if not real_dir.is_dir():
-        return None, f"skipped: {real_dir} is not there (the real circuits ship beside the repository)"
-    found = [real_dir / f"{name}.csv" for name in plan.real_circuits if (real_dir / f"{name}.csv").is_file()]
-    if not found:
-        return None, f"skipped: none of {', '.join(plan.real_circuits)} found in {real_dir}"
-    return ",".join(str(p) for p in found), f"{len(found)} circuits from {real_dir}"
-
-
 def run_demo(out: str | os.PathLike | None = None, quick: bool = False, device: str = "auto",
-             minutes: float | None = None, real_dir: str | os.PathLike = REAL_TRACKS) -> Path:
+             minutes: float | None = None) -> Path:
     """Record, train, evaluate, report. Returns the path of report.md."""
     from data.record import record_autopilot
 
@@ -118,20 +105,17 @@ def run_demo(out: str | os.PathLike | None = None, quick: bool = False, device: 
                               f"{plan.video_frames} --plot {out / 'plots' / 'procedural'}")
     write_json(out / "eval_procedural.json", report)
     evals.append(("unseen procedural", "eval_procedural.json", report))
-    real_spec, real_note = _real_spec(plan, Path(real_dir))
-    if real_spec is not None:
-        report = evaluate(driver, real_spec, 1, plot_dir=out / "plots" / "real", compare_expert=True,
-                          command=f"python run_drive.py eval --model {out / 'model'} --tracks {real_spec} "
-                                  f"--laps 1 --compare-expert --plot {out / 'plots' / 'real'}")
-        write_json(out / "eval_real.json", report)
-        evals.append(("real circuits", "eval_real.json", report))
-    else:
-        print(f"note: real circuits {real_note}", file=sys.stderr)
+    real_spec = ",".join(f"real:{name}" for name in plan.real_circuits)
+    report = evaluate(driver, real_spec, 1, plot_dir=out / "plots" / "real", compare_expert=True,
+                      command=f"python run_drive.py eval --model {out / 'model'} --tracks {real_spec} "
+                              f"--laps 1 --compare-expert --plot {out / 'plots' / 'real'}")
+    write_json(out / "eval_real.json", report)
+    evals.append(("real circuits", "eval_real.json", report))
     timings["evaluate"] = time.perf_counter() - t0
 
     _stage(4, "writing the report")
     timings["total"] = time.perf_counter() - t_all
-    md = render_report(out, plan, quick, rec, result, evals, real_note, timings)
+    md = render_report(out, plan, quick, rec, result, evals, timings)
     path = out / "report.md"
     atomic_write_text(path, md)
     print()
@@ -174,7 +158,7 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def render_report(out: Path, plan: DemoPlan, quick: bool, rec, result, evals, real_note: str,
+def render_report(out: Path, plan: DemoPlan, quick: bool, rec, result, evals,
                   timings: dict[str, float]) -> str:
     def rel(p) -> str:
         return Path(p).resolve().relative_to(out.resolve()).as_posix()
@@ -186,8 +170,6 @@ def render_report(out: Path, plan: DemoPlan, quick: bool, rec, result, evals, re
              "## Results", "", _md_table(SUMMARY_HEADERS, [summary_row(n, r["summary"]) for n, _, r in evals]), "",
              ("Clean laps: laps with no off-track at all. Route: share of each lap driven before its first "
               "intervention. Autonomy (PilotNet): 100 x (1 - interventions x 6 s / time driven)."), ""]
-    if len(evals) < 2:
-        lines += [f"Real circuits: {real_note}.", ""]
     lines += ["## What was done", "",
               (f"1. Recorded the autopilot on `{plan.train_tracks}`, one lap each with steering noise: "
                f"{rec.frames:,} frames ({rec.driving_s / 60:.1f} min of driving) in {timings['record']:.0f} s."),

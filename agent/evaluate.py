@@ -44,7 +44,7 @@ STEP_KEYS = ("time", "progress_m", "lap", "lap_completed", "off_track", "interve
 EXAMPLES = """examples:
   python run_drive.py eval --expert --tracks procedural:0-99 --laps 1 --json out/expert.json
   python run_drive.py eval --model data/models/pilot --tracks procedural:1000-1019 --laps 1 --compare-expert
-  python run_drive.py eval --model data/models/pilot --tracks ../shared/tracks/real --workers 2 \\
+  python run_drive.py eval --model data/models/pilot --tracks real:all --workers 2 \\
       --video out/drive.mp4 --plot out/plots --json out/real.json
 
 Each lap starts on the start line; leaving the track is an intervention (the car is put back on the

@@ -27,7 +27,7 @@ from .model import single_thread_inference
 
 EXAMPLES = """examples:
   python run_drive.py watch --model data/models/pilot --track procedural:1000
-  python run_drive.py watch --model data/models/pilot --track ../shared/tracks/real/Spa.csv --laps 2
+  python run_drive.py watch --model data/models/pilot --track real:spa --laps 2
   python run_drive.py watch --model data/models/pilot --track challenge:0-9 --laps 1 --speed 4
 
 keys: T or Space take over / give back (a steering key also takes over), arrows or A/D steer while you

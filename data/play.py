@@ -29,7 +29,7 @@ from sim.track import load_track, parse_spec
 
 EXAMPLES = """examples:
   python run_drive.py play --track procedural:3 --out data/drives/me
-  python run_drive.py play --track ../shared/tracks/real/Monza.csv --out data/drives/me --input mouse
+  python run_drive.py play --track real:monza --out data/drives/me --input mouse
   python run_drive.py play --track procedural:0-9 --laps 1 --out data/drives/me   # a lap on each of 10 tracks
   python run_drive.py play --track procedural:3 --out data/drives/fix --assist data/models/pilot
 

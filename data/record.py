@@ -34,7 +34,7 @@ from .recording import DriveWriter, unique_drive_name
 
 EXAMPLES = """examples:
   python run_drive.py record --autopilot --tracks procedural:0-19 --laps 1 --out data/drives/auto
-  python run_drive.py record --autopilot --tracks ../shared/tracks/real --laps 1 --noise 0.2 --out data/drives/real
+  python run_drive.py record --autopilot --tracks real:all --laps 1 --noise 0.2 --out data/drives/real
   python run_drive.py record --autopilot --tracks procedural:0-9 --laps 2 --randomise-palette --workers 2 \\
       --out data/drives/rand
   python run_drive.py record --autopilot --tracks procedural:5 --laps 1 --noise 0 --camera dashcam --out /tmp/clean

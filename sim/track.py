@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import UserError
 
+REAL_DIR = Path(__file__).resolve().parent / "circuits"  # package data: 25 real circuits, LGPL-3.0
 SPACING_M = 1.0  # centerline resampling step; projection and rendering rely on it being small
 MIN_POINTS = 5  # fewer CSV points than this cannot describe a closed track
 MIN_RADIUS_M = 12.0  # tightest corner the generator makes (the car turns at ~4.5 m)
@@ -132,6 +133,16 @@ class Track:
 
     def min_radius(self) -> float:
         return float(1.0 / max(np.abs(self.curvature).max(), 1e-9))
+
+    def tightest_corner(self, window_m: float = 10.0) -> float:
+        """Radius in metres of the sharpest `window_m` of road (heading change over that stretch).
+
+        Unlike `min_radius`, which reads single-point curvature, this ignores the point-to-point
+        noise of surveyed centerlines, so it is what a car a few metres long actually has to turn."""
+        k = max(1, int(round(window_m * len(self.xy) / self.length)))
+        h = np.unwrap(np.concatenate([self.heading, self.heading[:k]]))
+        turn = np.abs(h[k:] - h[:-k]).max()
+        return float(k * self.length / len(self.xy) / max(turn, 1e-9))
 
 
 def _wrap(a):
@@ -400,10 +411,11 @@ def parse_spec(spec: str) -> list[str]:
     """Expand a track SPEC into single-track specs, checking each part.
 
     A SPEC is a comma-separated list of parts: `procedural:7`, `procedural:0-19`, `challenge:0-9`,
-    a CSV file, or a folder of CSVs.
+    `real:all`, `real:NAME` (a built-in real circuit, any case), a CSV file, or a folder of CSVs.
+    Real circuits expand to `real:Name` so recordings and reports name them the same on every machine.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise TrackError("empty track SPEC: give e.g. procedural:0-19, a CSV file or a folder of CSVs")
+        raise TrackError("empty track SPEC: give e.g. procedural:0-19, real:all, a CSV file or a folder of CSVs")
     out: list[str] = []
     for part in (p.strip() for p in spec.split(",")):
         if not part:
@@ -421,6 +433,9 @@ def parse_spec(spec: str) -> list[str]:
                 raise TrackError(f"{part}: bad seed range (need 0 <= FIRST <= LAST)")
             out.extend(f"{head}:{i}" for i in range(a, b + 1))
             continue
+        if sep and head == "real":
+            out.extend(f"real:{n}" for n in (real_circuit_names() if tail.lower() == "all" else [_real_name(tail)]))
+            continue
         path = Path(part).expanduser()
         if path.is_dir():
             csvs = sorted(path.glob("*.csv"))
@@ -430,10 +445,25 @@ def parse_spec(spec: str) -> list[str]:
         elif path.exists():
             out.append(str(path))
         elif sep and not path.suffix:
-            raise TrackError(f"{part}: unknown track kind {head!r} (use {', '.join(STYLES)}, a CSV or a folder)")
+            raise TrackError(f"{part}: unknown track kind {head!r} (use {', '.join(STYLES)}, real, a CSV or a folder)")
         else:
             raise TrackError(f"{path}: track file not found")
     return out
+
+
+def real_circuit_names() -> list[str]:
+    """Names of the built-in real circuits (the CSVs shipped in sim/circuits), sorted."""
+    return sorted(p.stem for p in REAL_DIR.glob("*.csv"))
+
+
+def _real_name(name: str) -> str:
+    """The built-in circuit called `name` in any letter case, spelled as its file is."""
+    names = real_circuit_names()
+    by_lower = {n.lower(): n for n in names}
+    if name.strip().lower() not in by_lower:
+        raise TrackError(f"real:{name}: no built-in real circuit of that name (have {', '.join(names[:8])}, ... "
+                         f"{len(names)} in all; real:all drives every one, `run_drive.py tracks real:all` lists them)")
+    return by_lower[name.strip().lower()]
 
 
 _CACHE: dict[str, Track] = {}
@@ -452,6 +482,10 @@ def load_track(spec: str) -> Track:
         if seed < 0:
             raise TrackError(f"{spec}: seed must be >= 0")
         track = generate(seed, head)
+    elif sep and head == "real":
+        name = _real_name(tail)
+        track = load_csv(REAL_DIR / f"{name}.csv")
+        track.source = f"real:{name}"
     else:
         track = load_csv(spec)
     _CACHE[spec] = track

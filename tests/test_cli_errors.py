@@ -116,7 +116,8 @@ def test_bad_tracks_for_eval_and_record(bad, tmp_path, name, needle):
     assert_one_clear_line(r, needle)
 
 
-@pytest.mark.parametrize("spec,needle", [("procedural:abc", "bad track SPEC"), ("procedural:5-2", "seed range")])
+@pytest.mark.parametrize("spec,needle", [("procedural:abc", "bad track SPEC"), ("procedural:5-2", "seed range"),
+                                         ("real:atlantis", "no built-in real circuit")])
 def test_bad_specs(spec, needle):
     assert_one_clear_line(run_cli("eval", "--expert", "--tracks", spec), needle)
 

@@ -188,8 +188,8 @@ def test_expert_drives_a_clean_lap(spec):
     assert info["lap"] == 1 and info["off_track_count"] == 0
 
 
-def test_expert_clean_on_suzuka_through_the_crossing(real_tracks):
-    info = expert_lap(str(real_tracks / "Suzuka.csv"))
+def test_expert_clean_on_suzuka_through_the_crossing():
+    info = expert_lap("real:Suzuka")
     assert info["lap"] == 1 and info["off_track_count"] == 0
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.track import Track, TrackError, generate, load_csv, load_track, load_tracks, parse_spec
+from sim.track import REAL_DIR, Track, TrackError, generate, load_csv, load_track, load_tracks, parse_spec
 
 
 def write(tmp_path, name, text):
@@ -62,11 +62,16 @@ def test_csv_loader_reads_real_format(tmp_path):
     assert np.median(t.curvature) == pytest.approx(1 / 80, rel=0.05)
 
 
-def test_all_real_circuits_load(real_tracks):
-    tracks = load_tracks(str(real_tracks))
+def test_all_real_circuits_load_from_package_data():
+    tracks = load_tracks("real:all")
     assert len(tracks) == 25
     for t in tracks:
         assert 2000 < t.length < 7500, t.name
+    assert (REAL_DIR / "LICENSE").read_text().startswith(" " * 19 + "GNU LESSER GENERAL PUBLIC LICENSE")
+    spa = load_track("real:SPA")  # any case, and the name a recording keeps is the canonical one
+    assert (spa.name, spa.source) == ("Spa", "real:Spa") and parse_spec("real:spa,real:Spa") == ["real:Spa"] * 2
+    with pytest.raises(TrackError, match="no built-in real circuit.*Austin"):
+        parse_spec("procedural:1,real:atlantis")
 
 
 @pytest.mark.parametrize("name,content,needle", [
@@ -121,8 +126,8 @@ def test_projection_offset_sign_and_heading_error():
     assert pr.heading_error == pytest.approx(0.1, abs=0.05)
 
 
-def test_projection_at_suzuka_crossing_follows_the_branch(real_tracks):
-    t = load_csv(real_tracks / "Suzuka.csv")
+def test_projection_at_suzuka_crossing_follows_the_branch():
+    t = load_track("real:suzuka")
     # find the crossing: two points far apart along the track but close in space
     step = 5
     xy, s = t.xy[::step], t.s[::step]
@@ -184,3 +189,21 @@ def test_loader_on_random_point_sets(tmp_path_factory, rows):
         assert "\n" not in str(e)
     else:
         assert np.isfinite(t.xy).all() and t.length > 0
+
+
+def test_tracks_command_lists_and_draws_the_built_in_circuits(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    png = tmp_path / "thumbs.png"
+    r = subprocess.run([sys.executable, "run_drive.py", "tracks", "real:SUZUKA,challenge:3", "--plot", str(png)],
+                       cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = {ln.split()[0]: ln.split() for ln in r.stdout.splitlines() if ln.startswith(("Suzuka", "challenge:3"))}
+    for name, spec in (("Suzuka", "real:Suzuka"), ("challenge:3", "challenge:3")):
+        t = load_track(spec)
+        w = t.width_left + t.width_right
+        assert rows[name][1:] == [spec, f"{t.length:.0f}", f"{w.min():.1f}-{w.max():.1f}", f"{t.tightest_corner():.1f}"]
+    assert 10.0 < t.tightest_corner() < 16.0 and t.tightest_corner() >= t.min_radius()  # challenge: hairpins
+    assert png.stat().st_size > 5000
