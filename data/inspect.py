@@ -153,11 +153,7 @@ def plot_drives(stats: list[dict], drives: list[Drive], out: str | os.PathLike, 
     if len(drives) > len(shown):
         fig.suptitle(f"first {len(shown)} of {len(drives)} drives shown")
     fig.tight_layout()
-    try:
-        atomic_savefig(fig, out, format="png", dpi=90)
-    finally:
-        plt.close(fig)
-    return out
+    return atomic_savefig(fig, out, format="png", dpi=90)
 
 
 def add_arguments(parser) -> None:

@@ -106,11 +106,7 @@ def plot_tracks(specs: list[str], out: str | os.PathLike) -> Path:
     if len(specs) > len(shown):
         fig.suptitle(f"first {len(shown)} of {len(specs)} tracks", fontsize=9)
     fig.tight_layout()
-    try:
-        atomic_savefig(fig, out, format="png", dpi=90)
-    finally:
-        plt.close(fig)
-    return out
+    return atomic_savefig(fig, out, format="png", dpi=90)
 
 
 def add_arguments(parser) -> None:

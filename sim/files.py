@@ -41,9 +41,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
-    """Save a matplotlib figure atomically (PNG unless `format` says otherwise)."""
+    """Save a matplotlib figure atomically (PNG unless `format` says otherwise), then close it, even
+    when saving fails, so a long run that draws many plots does not keep them all in memory."""
+    import matplotlib.pyplot as plt  # the caller made `fig`, so matplotlib is already loaded
+
     kwargs.setdefault("format", Path(path).suffix.lstrip(".") or "png")
-    return atomic_write(path, lambda f: fig.savefig(f, **kwargs))
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, **kwargs))
+    finally:
+        plt.close(fig)
 
 
 def read_json_object(path: str | os.PathLike, problem: str) -> dict:
