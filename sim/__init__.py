@@ -5,18 +5,20 @@
 
 from gymnasium.envs.registration import register, registry
 
-from .car import CarConfig, CarState
-from .env import DriveEnv, EnvConfig
+from .car import CarConfig, CarState, RaceCarConfig
+from .env import TASKS, DriveEnv, EnvConfig
 from .errors import UserError
-from .expert import Expert, expert_steering
+from .expert import Expert, RaceExpert, expert_for, expert_steering
 from .render import CAMERA_PRESETS, Camera, CameraConfig, camera_from_name
 from .track import Track, TrackError, load_track, load_tracks, parse_spec
 
 if "E2EDrive-v0" not in registry:
     register(id="E2EDrive-v0", entry_point="sim.env:DriveEnv")
+if "E2EDriveRace-v0" not in registry:
+    register(id="E2EDriveRace-v0", entry_point="sim.env:DriveEnv", kwargs={"task": "race"})
 
 __all__ = [
     "CAMERA_PRESETS", "Camera", "CameraConfig", "CarConfig", "CarState", "DriveEnv", "EnvConfig",
-    "Expert", "Track", "UserError", "TrackError", "camera_from_name", "expert_steering", "load_track", "load_tracks",
+    "Expert", "RaceCarConfig", "RaceExpert", "TASKS", "expert_for", "Track", "UserError", "TrackError", "camera_from_name", "expert_steering", "load_track", "load_tracks",
     "parse_spec",
 ]

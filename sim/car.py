@@ -1,4 +1,5 @@
-"""The car: a kinematic bicycle stepped at a fixed dt. Plain float math, no pygame, no torch.
+"""The cars: a kinematic bicycle (the lane task) and a dynamic bicycle with tyre saturation (the race
+task), both stepped at a fixed dt. Plain float math, no pygame, no torch.
 
 Conventions used across the project: x east, y north, yaw counter-clockwise from +x. A steering
 command of -1 turns fully left, +1 fully right (as in CarRacing and on a keyboard: Left is negative).
@@ -30,16 +31,28 @@ class CarConfig:
 
 @dataclass(frozen=True)
 class CarState:
-    """Pose of the rear-axle centre, speed and the actual steering angle of the front wheels."""
+    """Pose of the rear-axle centre, forward speed and the actual steering angle of the front wheels.
+    The dynamic (race) car also slides: `lateral_speed` (at the centre of mass, positive left) and
+    `yaw_rate` (rad/s, positive CCW); the kinematic car leaves them at 0."""
 
     x: float
     y: float
     yaw: float
     speed: float
     steer: float = 0.0
+    lateral_speed: float = 0.0
+    yaw_rate: float = 0.0
 
     def as_tuple(self) -> tuple[float, float, float, float, float]:
         return (self.x, self.y, self.yaw, self.speed, self.steer)
+
+
+def _steer_towards(current: float, steering: float, max_steer: float, max_rate: float, dt: float) -> float:
+    """The wheel angle after dt: towards the commanded one, no faster than the steering-rate limit."""
+    steering = min(1.0, max(-1.0, float(steering)))
+    target = -steering * max_steer  # positive wheel angle turns left (CCW)
+    max_delta = max_rate * dt
+    return current + min(max_delta, max(-max_delta, target - current))
 
 
 def step(state: CarState, steering: float, cfg: CarConfig, throttle: float | None = None) -> CarState:
@@ -49,10 +62,7 @@ def step(state: CarState, steering: float, cfg: CarConfig, throttle: float | Non
     steering-rate limit. With `throttle` None the cruise controller holds `cruise_speed_mps`;
     otherwise throttle in [-1, 1] accelerates (>0) or brakes (<0).
     """
-    steering = min(1.0, max(-1.0, float(steering)))
-    target = -steering * cfg.max_steer_rad  # positive wheel angle turns left (CCW)
-    max_delta = cfg.max_steer_rate_rad_s * cfg.dt
-    steer = state.steer + min(max_delta, max(-max_delta, target - state.steer))
+    steer = _steer_towards(state.steer, steering, cfg.max_steer_rad, cfg.max_steer_rate_rad_s, cfg.dt)
     if throttle is None:
         accel = cfg.speed_gain * (cfg.cruise_speed_mps - state.speed)
         accel = min(cfg.max_accel_mps2, max(-cfg.max_brake_mps2, accel))
@@ -78,3 +88,131 @@ def steering_for_curvature(curvature: float, cfg: CarConfig) -> float:
 
 def with_speed(cfg: CarConfig, speed: float) -> CarConfig:
     return replace(cfg, cruise_speed_mps=speed)
+
+
+GRAVITY = 9.81
+
+
+@dataclass(frozen=True)
+class RaceCarConfig:
+    """The race car: a dynamic bicycle whose tyres saturate. Each axle's force lies inside a friction
+    ellipse (here a circle of radius mu * load), shared by cornering and by braking or driving, so a
+    car too fast for a corner runs out of front grip and slides wide (the rear has a little more grip:
+    the car understeers at the limit instead of spinning). Saved beside every race recording and policy.
+    """
+
+    dt: float = 0.05  # 20 Hz control, as the lane car
+    substeps: int = 5  # physics steps per control period: the tyre forces are stiff at low speed
+    mass_kg: float = 1200.0
+    yaw_inertia_kgm2: float = 1800.0
+    cg_to_front_m: float = 1.2  # wheelbase 2.6 m, as the lane car
+    cg_to_rear_m: float = 1.4
+    length_m: float = 4.4
+    width_m: float = 1.9
+    max_steer_rad: float = 0.5
+    max_steer_rate_rad_s: float = 2.5
+    cornering_stiffness_front: float = 60000.0  # N/rad per axle
+    cornering_stiffness_rear: float = 80000.0
+    grip_asphalt: float = 1.0  # friction coefficient mu
+    grip_grass: float = 0.5
+    rear_grip_factor: float = 1.08  # the rear holds on a little longer: understeer at the limit
+    drive_front_share: float = 0.7  # mostly front-driven: power in a corner pushes wide, no spin
+    max_accel_mps2: float = 6.0  # traction-limited launch
+    power_w_per_kg: float = 120.0  # power limit: the drive force falls as 1/v
+    max_brake_mps2: float = 9.0  # full braking asks for about all the grip there is
+    drag_per_m: float = 0.0004  # aerodynamic drag: deceleration = drag * v^2
+    rolling_mps2: float = 0.15
+    max_speed_mps: float = 45.0  # also the full scale of the speed gauge
+    kinematic_below_mps: float = 3.0  # below this the slip angles are ill-defined: blend to kinematic
+    blend_width_mps: float = 2.0
+
+    @property
+    def wheelbase_m(self) -> float:
+        return self.cg_to_front_m + self.cg_to_rear_m
+
+
+def drive_accel(throttle: float, speed: float, cfg: RaceCarConfig) -> float:
+    """Longitudinal acceleration (m/s^2) the throttle asks for (brake below 0), before grip limits."""
+    throttle = min(1.0, max(-1.0, float(throttle)))
+    if throttle >= 0.0:
+        return throttle * min(cfg.max_accel_mps2, cfg.power_w_per_kg / max(speed, 1e-3))
+    return throttle * cfg.max_brake_mps2
+
+
+def _tyre_force(stiffness: float, slip: float, limit: float) -> float:
+    """Lateral tyre force: linear in the slip angle for small slips, saturating at `limit`."""
+    if limit <= 1e-6:
+        return 0.0
+    return -limit * math.tanh(stiffness * slip / limit)
+
+
+def race_step(state: CarState, steering: float, throttle: float, cfg: RaceCarConfig,
+              grip: float | None = None) -> CarState:
+    """Advance the dynamic bicycle one control period of `cfg.dt`, in `cfg.substeps` explicit steps.
+
+    `grip` is the friction coefficient of the surface under the car (asphalt by default; the env
+    passes grass's when the car is off the road). Throttle above 0 drives, below 0 brakes; the car
+    never reverses.
+    """
+    mu = cfg.grip_asphalt if grip is None else float(grip)
+    h = cfg.dt / cfg.substeps
+    lf, lr, m = cfg.cg_to_front_m, cfg.cg_to_rear_m, cfg.mass_kg
+    wheelbase = lf + lr
+    load_f, load_r = m * GRAVITY * lr / wheelbase, m * GRAVITY * lf / wheelbase
+    cap_f, cap_r = mu * load_f, mu * load_r * cfg.rear_grip_factor
+    x, y, yaw = state.x, state.y, state.yaw
+    vx, vy, r, delta = state.speed, state.lateral_speed, state.yaw_rate, state.steer
+    for _ in range(cfg.substeps):
+        delta = _steer_towards(delta, steering, cfg.max_steer_rad, cfg.max_steer_rate_rad_s, h)
+        # longitudinal force: brakes by axle load, drive mostly through the front; clipped by grip
+        fx = m * drive_accel(throttle, vx, cfg)
+        front = cfg.drive_front_share if fx > 0.0 else lr / wheelbase
+        fx_f = max(-cap_f, min(cap_f, fx * front))
+        fx_r = max(-cap_r, min(cap_r, fx * (1.0 - front)))
+        if vx <= 0.0 and fx_f + fx_r < 0.0:
+            fx_f = fx_r = 0.0  # braking at standstill does not reverse
+        # what is left of each friction circle holds the car sideways
+        lat_f = math.sqrt(max(cap_f * cap_f - fx_f * fx_f, 0.0))
+        lat_r = math.sqrt(max(cap_r * cap_r - fx_r * fx_r, 0.0))
+        v_safe = max(vx, 0.5)
+        slip_f = math.atan2(vy + lf * r, v_safe) - delta
+        slip_r = math.atan2(vy - lr * r, v_safe)
+        fy_f = _tyre_force(cfg.cornering_stiffness_front, slip_f, lat_f)
+        fy_r = _tyre_force(cfg.cornering_stiffness_rear, slip_r, lat_r)
+        cd, sd = math.cos(delta), math.sin(delta)
+        resist = cfg.drag_per_m * vx * vx + (cfg.rolling_mps2 if vx > 0.0 else 0.0)
+        ax = (fx_f * cd - fy_f * sd + fx_r) / m + vy * r - resist
+        ay = (fx_f * sd + fy_f * cd + fy_r) / m - vx * r
+        r_dot = (lf * (fx_f * sd + fy_f * cd) - lr * fy_r) / cfg.yaw_inertia_kgm2
+        vx = min(cfg.max_speed_mps, max(0.0, vx + ax * h))
+        vy += ay * h
+        r += r_dot * h
+        # at walking pace the tyre model is ill-conditioned: blend towards the rolling (kinematic) car
+        w = min(1.0, max(0.0, (vx - cfg.kinematic_below_mps) / cfg.blend_width_mps))
+        if w < 1.0:
+            r_kin = vx * math.tan(delta) / wheelbase
+            r = w * r + (1.0 - w) * r_kin
+            vy = w * vy + (1.0 - w) * lr * r_kin
+        # the rear axle moves with the body: its lateral speed is vy - lr * r
+        c, s = math.cos(yaw), math.sin(yaw)
+        v_rear = vy - lr * r
+        x += (vx * c - v_rear * s) * h
+        y += (vx * s + v_rear * c) * h
+        yaw += r * h
+    yaw = (yaw + math.pi) % (2 * math.pi) - math.pi
+    return CarState(x=x, y=y, yaw=yaw, speed=vx, steer=delta, lateral_speed=vy, yaw_rate=r)
+
+
+def understeer_gradient(cfg: RaceCarConfig) -> float:
+    """Extra wheel angle (rad) per m/s^2 of lateral acceleration the car needs beyond the geometric
+    (kinematic) angle, in the tyres' linear range: positive means the car understeers."""
+    return cfg.mass_kg / cfg.wheelbase_m * (cfg.cg_to_rear_m / cfg.cornering_stiffness_front
+                                            - cfg.cg_to_front_m / cfg.cornering_stiffness_rear)
+
+
+def grip_limited_speed(curvature: float, mu: float, cfg: RaceCarConfig) -> float:
+    """The fastest steady speed around a curve of this curvature (1/m) with friction mu."""
+    k = abs(curvature)
+    if k < 1e-9:
+        return cfg.max_speed_mps
+    return min(cfg.max_speed_mps, math.sqrt(mu * GRAVITY / k))

@@ -1,8 +1,10 @@
 """`DriveEnv`, the Gymnasium environment `E2EDrive-v0`: it only wires track, car and camera together.
 
+Tasks: `lane` (the default: a kinematic car at cruise speed, steering only) and `race` (a dynamic car
+with tyre grip, from a standing start, action [steering, throttle], a speed gauge drawn into the frame).
 Observation: the camera frame (H, W, 3) uint8. Action: steering in [-1, 1] (negative = left), or
-[steering, throttle] with `throttle=True`. Reward: metres of progress along the track / 10, and -10
-for leaving it. `info` carries what evaluation and recording need; a policy must not read it.
+[steering, throttle] with `throttle=True` or in `race`. Reward: metres of progress along the track / 10,
+and -10 for leaving it. `info` carries what evaluation and recording need; a policy must not read it.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import gymnasium as gym
 import numpy as np
 
 from . import car as carmod
-from .car import CarConfig, CarState
-from .render import Camera, CameraConfig, default_palette, random_palette
+from .car import CarConfig, CarState, RaceCarConfig
+from .render import Camera, CameraConfig, default_palette, draw_speed_gauge, random_palette
 from .track import Track, load_track, parse_spec
 
 OFF_TRACK_MODES = ("terminate", "recover", "continue")
+TASKS = ("lane", "race", "traffic")
+RACE_RECOVER_SPEED_MPS = 10.0  # a race car put back on the road goes on at most this fast
 
 
 @dataclass(frozen=True)
@@ -36,10 +40,20 @@ class EnvConfig:
     off_track: str = "terminate"  # or "recover": put the car back on the centerline and go on
     off_track_margin_m: float = 0.5  # car centre this far past the edge counts as off track
     random_start: bool = False  # start at a random point of the lap instead of the start line
+    task: str = "lane"  # "lane": steer at cruise speed; "race": steer and throttle a car with grip
+    race_car: RaceCarConfig = field(default_factory=RaceCarConfig)  # the car of the race task
+    speed_gauge: bool = True  # race: draw the speed as bars at the frame's sides (the policy's speedometer)
 
     def __post_init__(self) -> None:
         if self.off_track not in OFF_TRACK_MODES:
             raise ValueError(f"off_track must be one of {OFF_TRACK_MODES}, not {self.off_track!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, not {self.task!r}")
+
+    @property
+    def action_dim(self) -> int:
+        """1 (steering) or 2 (steering, throttle)."""
+        return 2 if self.throttle or self.task == "race" else 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,6 +63,7 @@ class EnvConfig:
         d = dict(d)
         d["camera"] = CameraConfig(**d.get("camera", {}))
         d["car"] = CarConfig(**d.get("car", {}))
+        d["race_car"] = RaceCarConfig(**d.get("race_car", {}))
         return EnvConfig(**d)
 
 
@@ -70,7 +85,7 @@ class DriveEnv(gym.Env):
         self.track_specs = parse_spec(cfg.track)
         cam = cfg.camera
         self.observation_space = gym.spaces.Box(0, 255, (cam.height, cam.width, 3), np.uint8)
-        n_act = 2 if cfg.throttle else 1
+        n_act = cfg.action_dim
         self.action_space = gym.spaces.Box(-1.0, 1.0, (n_act,), np.float32)
         self.track: Track | None = None
         self.camera: Camera | None = None
@@ -101,8 +116,8 @@ class DriveEnv(gym.Env):
             s0 = 0.0
         self.start_s = s0
         p = track.point_at(s0)
-        self.car = CarState(x=float(p[0]), y=float(p[1]), yaw=track.heading_at(s0),
-                            speed=self.cfg.car.cruise_speed_mps)
+        start_speed = 0.0 if self.cfg.task == "race" else self.cfg.car.cruise_speed_mps
+        self.car = CarState(x=float(p[0]), y=float(p[1]), yaw=track.heading_at(s0), speed=start_speed)
         self.steps = 0
         self.time = 0.0
         self.progress = 0.0  # metres driven along the track since the start
@@ -124,8 +139,14 @@ class DriveEnv(gym.Env):
         if a.shape != self.action_space.shape or not np.all(np.isfinite(a)):
             raise ValueError(f"action must be finite with shape {self.action_space.shape}, got {action!r}")
         self._last_action = a
-        throttle = float(a[1]) if self.cfg.throttle else None
-        self.car = carmod.step(self.car, float(a[0]), self.cfg.car, throttle)
+        if self.cfg.task == "race":
+            rc = self.cfg.race_car
+            on_road = abs(self.proj.offset) <= self.track.half_width(self.proj.index, self.proj.offset)
+            grip = rc.grip_asphalt if on_road else rc.grip_grass
+            self.car = carmod.race_step(self.car, float(a[0]), float(a[1]), rc, grip)
+        else:
+            throttle = float(a[1]) if self.cfg.throttle else None
+            self.car = carmod.step(self.car, float(a[0]), self.cfg.car, throttle)
         self.steps += 1
         self.time += self.cfg.car.dt
         track = self.track
@@ -187,15 +208,19 @@ class DriveEnv(gym.Env):
     # -- helpers used by the expert, recorders, evaluators and viewers ------------------------------
     def place_on_centerline(self, s: float) -> None:
         """Put the car back on the centerline at arc length s, facing along the track (an
-        intervention: the speed is kept so the drive continues smoothly)."""
+        intervention: the speed is kept so the drive continues smoothly; a race car that slid off
+        goes on at most `RACE_RECOVER_SPEED_MPS`, so it does not slide off again at once)."""
         p = self.track.point_at(s)
-        self.car = CarState(x=float(p[0]), y=float(p[1]), yaw=self.track.heading_at(s), speed=self.car.speed)
+        speed = self.car.speed
+        if self.cfg.task == "race":
+            speed = min(speed, RACE_RECOVER_SPEED_MPS)
+        self.car = CarState(x=float(p[0]), y=float(p[1]), yaw=self.track.heading_at(s), speed=speed)
         self.proj = self.track.project(self.car.x, self.car.y, self.car.yaw, s_hint=s)
 
     def render_from(self, x: float, y: float, yaw: float) -> np.ndarray:
-        """The camera frame from any pose: used for viewpoint-shift augmentation (PilotNet's side
-        cameras, done exactly)."""
-        return self.camera.render(x, y, yaw)
+        """The camera frame from any pose (at the car's current speed): used for viewpoint-shift
+        augmentation (PilotNet's side cameras, done exactly)."""
+        return self._gauge(self.camera.render(x, y, yaw))
 
     def world_view(self, size: int = 480, view_m: float = 90.0) -> np.ndarray:
         """A larger heading-up picture of the car on the track, with the camera frame as an inset."""
@@ -218,8 +243,13 @@ class DriveEnv(gym.Env):
         return pic
 
     def _observe(self) -> np.ndarray:
-        self._obs = self.camera.render(self.car.x, self.car.y, self.car.yaw)
+        self._obs = self._gauge(self.camera.render(self.car.x, self.car.y, self.car.yaw))
         return self._obs
+
+    def _gauge(self, frame: np.ndarray) -> np.ndarray:
+        if self.cfg.task == "race" and self.cfg.speed_gauge:
+            draw_speed_gauge(frame, self.car.speed / self.cfg.race_car.max_speed_mps)
+        return frame
 
     def _info(self, off_track: bool, intervention: bool, lap_completed: bool) -> dict:
         c, p = self.car, self.proj
@@ -239,6 +269,8 @@ class DriveEnv(gym.Env):
             "off_track_count": self.off_track_count,
             "intervention": bool(intervention),
             "speed": c.speed,
+            "lateral_speed": c.lateral_speed,
+            "yaw_rate": c.yaw_rate,
             "steer_angle": c.steer,
             "x": c.x,
             "y": c.y,

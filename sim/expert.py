@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .car import CarConfig, CarState
+import numpy as np
+
+from .car import GRAVITY, CarConfig, CarState, RaceCarConfig, drive_accel, understeer_gradient
 from .track import Track
 
 
@@ -19,7 +21,7 @@ class ExpertConfig:
     lookahead_gain_s: float = 0.45  # lookahead grows with speed: base + gain * v
 
 
-def expert_steering(track: Track, car: CarState, s: float, car_cfg: CarConfig,
+def expert_steering(track: Track, car: CarState, s: float, car_cfg: CarConfig | RaceCarConfig,
                     cfg: ExpertConfig = ExpertConfig()) -> float:
     """Steering command in [-1, 1] that steers the rear axle towards a point on the centerline
     `lookahead` metres ahead of arc length `s` (pure pursuit)."""
@@ -43,10 +45,111 @@ class Expert:
         return expert_steering(e.track, e.car, e.proj.s, e.cfg.car, self.cfg)
 
     def act(self, env):
-        import numpy as np
         e = env.unwrapped
         a = np.zeros(e.action_space.shape, np.float32)
         a[0] = self.steering(env)
         if a.shape[0] > 1:
             a[1] = max(-1.0, min(1.0, 0.5 * (e.cfg.car.cruise_speed_mps - e.car.speed)))
         return a
+
+
+@dataclass(frozen=True)
+class RaceExpertConfig:
+    """The race autopilot: a minimum-time speed profile along the centerline, pure pursuit to hold it."""
+
+    lateral_grip_use: float = 0.85  # plan corners at this share of the tyres' grip (the rest steers)
+    brake_grip_use: float = 0.75  # plan braking at this share of the grip (full braking is ~0.9)
+    accel_grip_use: float = 0.85  # plan accelerating out of corners at this share of the front's grip
+    curvature_window_m: float = 9.0  # curvature averaged over this much road (centerline noise)
+    preview_s: float = 0.35  # aim for the profile's speed this far ahead (the car needs time to brake)
+    speed_gain: float = 0.6  # throttle per m/s of speed error
+    lookahead_base_m: float = 4.0
+    lookahead_gain_s: float = 0.4  # pure pursuit looks further ahead at speed: base + gain * v
+
+
+def speed_profile(track: Track, car: RaceCarConfig, cfg: RaceExpertConfig = RaceExpertConfig()) -> np.ndarray:
+    """The fastest speed (m/s) at each centerline point for a car following the centerline: the
+    grip-limited cornering speed, then a forward pass (how fast the car can accelerate out of each
+    corner) and a backward pass (how late it can brake into the next), the classic minimum-time
+    profile for a fixed line. Combined forces stay inside the friction circle."""
+    mu_g = car.grip_asphalt * GRAVITY
+    n = len(track)
+    ds = float(track.length) / n
+    win = max(1, int(round(cfg.curvature_window_m / ds)))
+    kernel = np.ones(win) / win
+    k = np.abs(np.convolve(np.concatenate([track.curvature[-win:], track.curvature, track.curvature[:win]]),
+                           kernel, "same")[win:win + n])
+    a_lat = cfg.lateral_grip_use * mu_g
+    v_corner = np.minimum(car.max_speed_mps, np.sqrt(a_lat / np.maximum(k, 1e-9)))
+    start = int(np.argmin(v_corner))  # the slowest point is fixed by both passes: start there
+    order = np.roll(np.arange(n), -start)
+    v = v_corner[order].copy()
+    kk = k[order]
+
+    def grip_left(speed: float, curv: float, share: float) -> float:
+        used = min(speed * speed * curv, share * mu_g)
+        return math.sqrt((share * mu_g) ** 2 - used * used)
+
+    # the front tyres carry lr/L of the weight but drive_front_share of the drive: they limit the exit
+    front_drive = car.drive_front_share * car.wheelbase_m / car.cg_to_rear_m
+    for i in range(1, n):  # forward: accelerate as the engine and the front's remaining grip allow
+        u = v[i - 1]
+        accel = min(drive_accel(1.0, u, car) - car.drag_per_m * u * u - car.rolling_mps2,
+                    grip_left(u, kk[i - 1], cfg.accel_grip_use) / front_drive)
+        v[i] = min(v[i], math.sqrt(max(u * u + 2.0 * max(accel, 0.0) * ds, 0.0)))
+    nxt = v[0]
+    for i in range(n - 1, -1, -1):  # backward: brake as late as the remaining grip allows
+        u = nxt
+        decel = grip_left(u, kk[i], cfg.brake_grip_use) + car.drag_per_m * u * u
+        v[i] = min(v[i], math.sqrt(u * u + 2.0 * decel * ds))
+        nxt = v[i]
+    out = np.empty(n)
+    out[order] = v
+    return out
+
+
+class RaceExpert:
+    """Drives the race task from privileged state: the speed profile for the throttle, pure pursuit
+    (looking further ahead at speed) for the steering. `act(env)` gives [steering, throttle]."""
+
+    def __init__(self, cfg: RaceExpertConfig = RaceExpertConfig()):
+        self.cfg = cfg
+        self._profiles: dict[tuple[int, RaceCarConfig], np.ndarray] = {}
+
+    def profile(self, track: Track, car: RaceCarConfig) -> np.ndarray:
+        key = (id(track), car)
+        if key not in self._profiles:
+            if len(self._profiles) > 32:
+                self._profiles.clear()
+            self._profiles[key] = speed_profile(track, car, self.cfg)
+        return self._profiles[key]
+
+    def target_speed(self, track: Track, car_cfg: RaceCarConfig, s: float, speed: float) -> float:
+        profile = self.profile(track, car_cfg)
+        return float(profile[track.index_at(s + speed * self.cfg.preview_s)])
+
+    def steering(self, env) -> float:
+        """Pure pursuit, plus the wheel angle the tyres' slip asks for at this speed (the car's
+        understeer gradient times the lateral acceleration of the pursuit arc)."""
+        e = env.unwrapped
+        c, car, rc = self.cfg, e.car, e.cfg.race_car
+        lookahead = c.lookahead_base_m + c.lookahead_gain_s * max(car.speed, 1.0)
+        tx, ty = e.track.point_at(e.proj.s + lookahead)
+        dx, dy = tx - car.x, ty - car.y
+        alpha = math.atan2(dy, dx) - car.yaw
+        curvature = 2.0 * math.sin(alpha) / max(math.hypot(dx, dy), 1e-3)
+        delta = math.atan(rc.wheelbase_m * curvature) + understeer_gradient(rc) * car.speed ** 2 * curvature
+        return max(-1.0, min(1.0, -delta / rc.max_steer_rad))
+
+    def throttle(self, env) -> float:
+        e = env.unwrapped
+        target = self.target_speed(e.track, e.cfg.race_car, e.proj.s, e.car.speed)
+        return max(-1.0, min(1.0, self.cfg.speed_gain * (target - e.car.speed) + 0.1))
+
+    def act(self, env) -> np.ndarray:
+        return np.array([self.steering(env), self.throttle(env)], np.float32)
+
+
+def expert_for(task: str):
+    """The autopilot of a task: `Expert` for lane driving, `RaceExpert` for racing."""
+    return RaceExpert() if task == "race" else Expert()

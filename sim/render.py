@@ -106,6 +106,23 @@ def camera_from_name(name: str) -> CameraConfig:
     return cfg
 
 
+def draw_speed_gauge(frame: np.ndarray, fraction: float) -> np.ndarray:
+    """Draw the speed into a camera frame, in place, as CarRacing-v3 draws its indicator bar: a white
+    bar rising from the bottom on a black strip at both side edges (both, so a mirrored frame shows
+    the same gauge). The top pixel is partly lit, so the gauge resolves a fraction of a pixel."""
+    h, w = frame.shape[:2]
+    bar = max(2, w // 32)
+    level = min(1.0, max(0.0, float(fraction))) * h
+    full = int(level)
+    for cols in (slice(0, bar), slice(w - bar, w)):
+        frame[:, cols] = 0
+        if full:
+            frame[h - full:, cols] = 255
+        if full < h:
+            frame[h - full - 1, cols] = int(round(255 * (level - full)))
+    return frame
+
+
 class TrackMap:
     """The track drawn once as labels, with the transform from world metres to map pixels."""
 
