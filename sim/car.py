@@ -139,57 +139,53 @@ def drive_accel(throttle: float, speed: float, cfg: RaceCarConfig) -> float:
     return throttle * cfg.max_brake_mps2
 
 
-def _tyre_force(stiffness: float, slip: float, limit: float) -> float:
-    """Lateral tyre force: linear in the slip angle for small slips, saturating at `limit`."""
-    if limit <= 1e-6:
-        return 0.0
-    return -limit * math.tanh(stiffness * slip / limit)
-
-
 def race_step(state: CarState, steering: float, throttle: float, cfg: RaceCarConfig,
               grip: float | None = None) -> CarState:
     """Advance the dynamic bicycle one control period of `cfg.dt`, in `cfg.substeps` explicit steps.
 
     `grip` is the friction coefficient of the surface under the car (asphalt by default; the env
     passes grass's when the car is off the road). Throttle above 0 drives, below 0 brakes; the car
-    never reverses.
+    never reverses. (Written as one flat loop of float math: it runs 100 times per simulated second.)
     """
     mu = cfg.grip_asphalt if grip is None else float(grip)
-    h = cfg.dt / cfg.substeps
+    n = cfg.substeps
+    h = cfg.dt / n
     lf, lr, m = cfg.cg_to_front_m, cfg.cg_to_rear_m, cfg.mass_kg
     wheelbase = lf + lr
-    load_f, load_r = m * GRAVITY * lr / wheelbase, m * GRAVITY * lf / wheelbase
-    cap_f, cap_r = mu * load_f, mu * load_r * cfg.rear_grip_factor
+    cap_f = mu * m * GRAVITY * lr / wheelbase
+    cap_r = mu * m * GRAVITY * lf / wheelbase * cfg.rear_grip_factor
+    c_f, c_r, inertia = cfg.cornering_stiffness_front, cfg.cornering_stiffness_rear, cfg.yaw_inertia_kgm2
+    target = -min(1.0, max(-1.0, float(steering))) * cfg.max_steer_rad  # positive wheel angle turns left
+    max_delta = cfg.max_steer_rate_rad_s * h
+    throttle = min(1.0, max(-1.0, float(throttle)))
+    front = cfg.drive_front_share if throttle > 0.0 else lr / wheelbase
+    v_kin, blend = cfg.kinematic_below_mps, cfg.blend_width_mps
     x, y, yaw = state.x, state.y, state.yaw
     vx, vy, r, delta = state.speed, state.lateral_speed, state.yaw_rate, state.steer
-    for _ in range(cfg.substeps):
-        delta = _steer_towards(delta, steering, cfg.max_steer_rad, cfg.max_steer_rate_rad_s, h)
+    for _ in range(n):
+        delta += min(max_delta, max(-max_delta, target - delta))
         # longitudinal force: brakes by axle load, drive mostly through the front; clipped by grip
         fx = m * drive_accel(throttle, vx, cfg)
-        front = cfg.drive_front_share if fx > 0.0 else lr / wheelbase
-        fx_f = max(-cap_f, min(cap_f, fx * front))
-        fx_r = max(-cap_r, min(cap_r, fx * (1.0 - front)))
-        if vx <= 0.0 and fx_f + fx_r < 0.0:
-            fx_f = fx_r = 0.0  # braking at standstill does not reverse
-        # what is left of each friction circle holds the car sideways
-        lat_f = math.sqrt(max(cap_f * cap_f - fx_f * fx_f, 0.0))
-        lat_r = math.sqrt(max(cap_r * cap_r - fx_r * fx_r, 0.0))
-        v_safe = max(vx, 0.5)
-        slip_f = math.atan2(vy + lf * r, v_safe) - delta
-        slip_r = math.atan2(vy - lr * r, v_safe)
-        fy_f = _tyre_force(cfg.cornering_stiffness_front, slip_f, lat_f)
-        fy_r = _tyre_force(cfg.cornering_stiffness_rear, slip_r, lat_r)
+        if vx <= 0.0 and fx < 0.0:
+            fx = 0.0  # braking at a standstill does not reverse
+        fx_f = min(cap_f, max(-cap_f, fx * front))
+        fx_r = min(cap_r, max(-cap_r, fx * (1.0 - front)))
+        # what is left of each friction circle holds the car sideways; the tyre force saturates there
+        lat_f = math.sqrt(max(cap_f * cap_f - fx_f * fx_f, 1e-6))
+        lat_r = math.sqrt(max(cap_r * cap_r - fx_r * fx_r, 1e-6))
+        v_safe = vx if vx > 0.5 else 0.5
+        fy_f = -lat_f * math.tanh(c_f * (math.atan2(vy + lf * r, v_safe) - delta) / lat_f)
+        fy_r = -lat_r * math.tanh(c_r * math.atan2(vy - lr * r, v_safe) / lat_r)
         cd, sd = math.cos(delta), math.sin(delta)
+        front_lat = fx_f * sd + fy_f * cd
         resist = cfg.drag_per_m * vx * vx + (cfg.rolling_mps2 if vx > 0.0 else 0.0)
         ax = (fx_f * cd - fy_f * sd + fx_r) / m + vy * r - resist
-        ay = (fx_f * sd + fy_f * cd + fy_r) / m - vx * r
-        r_dot = (lf * (fx_f * sd + fy_f * cd) - lr * fy_r) / cfg.yaw_inertia_kgm2
+        ay = (front_lat + fy_r) / m - vx * r
+        r += (lf * front_lat - lr * fy_r) / inertia * h
         vx = min(cfg.max_speed_mps, max(0.0, vx + ax * h))
         vy += ay * h
-        r += r_dot * h
-        # at walking pace the tyre model is ill-conditioned: blend towards the rolling (kinematic) car
-        w = min(1.0, max(0.0, (vx - cfg.kinematic_below_mps) / cfg.blend_width_mps))
-        if w < 1.0:
+        if vx < v_kin + blend:  # at walking pace the tyre model is ill-conditioned: blend to rolling
+            w = max(0.0, (vx - v_kin) / blend)
             r_kin = vx * math.tan(delta) / wheelbase
             r = w * r + (1.0 - w) * r_kin
             vy = w * vy + (1.0 - w) * lr * r_kin

@@ -163,3 +163,22 @@ def test_race_expert_laps_clean_and_fast():
     assert np.mean(speeds) > 17.0
     # near the limit: the car's own grip allows little more than what the expert asks
     assert max(speeds) > 0.9 * expert.profile(env.track, env.cfg.race_car).max()
+
+
+def test_env_grass_holds_less_than_asphalt(ring_csv):
+    """The env gives the car the grip of the surface under it: on the grass beside the ring it
+    cannot turn as hard as on the road."""
+
+    def hardest_turn(radius: float) -> float:
+        env = DriveEnv(track=str(ring_csv), task="race", off_track="continue", laps=None)
+        env.reset(seed=0)
+        e = env.unwrapped
+        e.car = CarState(radius, 0.0, math.pi / 2, 14.0)  # heading along the ring, counter-clockwise
+        e.proj = e.track.project(e.car.x, e.car.y, e.car.yaw)
+        accel = []
+        for _ in range(30):
+            _, _, _, _, info = env.step([-1.0, float(np.clip(0.8 * (14.0 - e.car.speed), -1, 1))])
+            accel.append(info["speed"] * abs(info["yaw_rate"]))
+        return max(accel[10:])
+
+    assert hardest_turn(55.0) < 0.6 * hardest_turn(40.0)
