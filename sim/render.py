@@ -8,6 +8,8 @@ and makes palette randomisation free: a new palette is just a new 256-entry look
 from __future__ import annotations
 
 import math
+import mmap
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import cv2
@@ -123,8 +125,21 @@ def draw_speed_gauge(frame: np.ndarray, fraction: float) -> np.ndarray:
     return frame
 
 
+TILE_PX = 128  # the map is drawn lazily in square tiles of this many pixels
+MAP_CACHE_SIZE = 6  # track maps kept per process (least recently used dropped first)
+_UNDRAWN = 255  # not a label: marks canvas pixels no shape covered (they show the grass)
+_NOISE_THRESHOLD = float(np.float32(0.6))  # darker grass above this noise (as float32 compared it)
+
+
 class TrackMap:
-    """The track drawn once as labels, with the transform from world metres to map pixels."""
+    """The track as a label map (one byte per pixel), with the transform from world metres to map
+    pixels.
+
+    The map is drawn lazily, tile by tile: a camera asks for the pixels a frame will read (`ensure`)
+    and only tiles not drawn yet are drawn. The array is allocated zeroed, so the operating system
+    lends memory only for tiles that were drawn: a reset costs a few tiles, not a full map of
+    several megapixels, and memory grows with the part of the track actually driven.
+    """
 
     def __init__(self, track: Track, res_m: float = 0.2, margin_m: float = 60.0):
         lo, hi = track.bounds
@@ -135,39 +150,58 @@ class TrackMap:
         self.res = res
         self.origin = np.array([lo[0], hi[1]])  # world position of pixel (0, 0): top-left
         w, h = int(math.ceil(span[0] / res)), int(math.ceil(span[1] / res))
-        self.labels = self._draw(track, w, h)
-
-    def coloured(self, palette: np.ndarray) -> np.ndarray:
-        """The map in RGB for a palette; the last few are kept, since cameras share palettes."""
-        key = palette[:N_LABELS].tobytes()
-        cache = self.__dict__.setdefault("_coloured", {})
-        if key not in cache:
-            if len(cache) >= 2:
-                cache.pop(next(iter(cache)))
-            cache[key] = cv2.LUT(cv2.merge([self.labels] * 3), palette.reshape(256, 1, 3))
-        return cache[key]
+        self.width, self.height = w, h
+        self.labels = _lazy_zeros(h, w)
+        self._drawn = np.zeros((-(-h // TILE_PX), -(-w // TILE_PX)), bool)
+        self._last_ensured: tuple[int, int, int, int] | None = None
+        self._prepare_shapes(track, w, h)
 
     def to_px(self, xy: np.ndarray) -> np.ndarray:
         xy = np.asarray(xy, np.float64)
         return np.stack([(xy[..., 0] - self.origin[0]) / self.res, (self.origin[1] - xy[..., 1]) / self.res], -1)
 
-    def _draw(self, track: Track, w: int, h: int) -> np.ndarray:
-        shift = 3  # sub-pixel precision for OpenCV drawing
-        k = float(1 << shift)
+    def ensure(self, x0: float, y0: float, x1: float, y1: float) -> None:
+        """Draw every tile under the map pixel box [x0, x1] x [y0, y1] that is not drawn yet."""
+        ny, nx = self._drawn.shape
+        tx0 = min(max(int(x0) // TILE_PX, 0), nx - 1)
+        tx1 = min(max(int(x1) // TILE_PX, 0), nx - 1)
+        ty0 = min(max(int(y0) // TILE_PX, 0), ny - 1)
+        ty1 = min(max(int(y1) // TILE_PX, 0), ny - 1)
+        key = (tx0, ty0, tx1, ty1)
+        if key == self._last_ensured:
+            return
+        self._last_ensured = key
+        block = self._drawn[ty0:ty1 + 1, tx0:tx1 + 1]
+        if block.all():
+            return
+        for ty, tx in zip(*np.nonzero(~block)):
+            self._draw_tile(ty0 + int(ty), tx0 + int(tx))
+
+    def draw_all(self) -> np.ndarray:
+        """The whole label map (draws every tile; for pictures of the whole track)."""
+        self.ensure(0, 0, self.width - 1, self.height - 1)
+        return self.labels
+
+    # -- drawing ----------------------------------------------------------------------------------
+    _SHIFT = 3  # sub-pixel bits of the fixed-point coordinates handed to OpenCV
+
+    def _prepare_shapes(self, track: Track, w: int, h: int) -> None:
+        """Every shape of the track in fixed-point map pixels with its pixel bounding box, in the
+        order they are painted: road, kerbs, edge lines, start line."""
+        k = float(1 << self._SHIFT)
 
         def px(a: np.ndarray) -> np.ndarray:
             return np.round(self.to_px(a) * k).astype(np.int32)
 
         # grass with soft darker patches: low-resolution noise, seeded by the track's name
         rng = np.random.default_rng(abs(hash_str(track.name)) % (2**32))
-        small = rng.random((max(h // 40, 2), max(w // 40, 2))).astype(np.float32)
-        noise = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-        labels = np.where(noise > 0.6, GRASS_DARK, GRASS).astype(np.uint8)
+        self._noise = rng.random((max(h // 40, 2), max(w // 40, 2))).astype(np.float32)
 
         left, right = track.edges()
+        layers: list[tuple[int, str, np.ndarray]] = []
         # the road as one quad per centerline segment (works for tracks that cross themselves)
         quads = np.stack([left, np.roll(left, -1, 0), np.roll(right, -1, 0), right], 1)
-        cv2.fillPoly(labels, list(px(quads)), ASPHALT, lineType=cv2.LINE_8, shift=shift)
+        layers.append((ASPHALT, "fill", px(quads)))
 
         # kerbs: red/white stripes just outside the edges where the track bends
         bend = np.abs(track.curvature) > 1.0 / 80.0
@@ -180,23 +214,118 @@ class TrackMap:
             outer = edge + sign * normal * kerb_w
             q = np.stack([edge, np.roll(edge, -1, 0), np.roll(outer, -1, 0), outer], 1)
             for lab, sel in ((KERB_RED, bend & stripe), (KERB_WHITE, bend & ~stripe)):
-                if sel.any():
-                    cv2.fillPoly(labels, list(px(q[sel])), lab, lineType=cv2.LINE_8, shift=shift)
+                layers.append((lab, "fill", px(q[sel])))
 
-        # edge lines, slightly inside the road
-        line_w = max(1, int(round(0.5 / self.res)))
+        # edge lines, slightly inside the road: closed polylines, painted segment by segment
+        self._line_w = max(1, int(round(0.5 / self.res)))
         for edge, sign in ((left, -1.0), (right, 1.0)):
-            inner = edge + sign * normal * 0.45
-            cv2.polylines(labels, [px(inner)], True, EDGE_LINE, thickness=line_w, lineType=cv2.LINE_8,
-                          shift=shift)
+            pts = px(edge + sign * normal * 0.45)
+            layers.append((EDGE_LINE, "line", np.stack([np.roll(pts, 1, 0), pts], 1)))
 
         # start/finish line across the road at s = 0
         p0, n0 = track.xy[0], normal[0]
         t0 = np.array([math.cos(track.heading[0]), math.sin(track.heading[0])])
         a, b = p0 + n0 * track.width_left[0], p0 - n0 * track.width_right[0]
-        quad = np.array([a, b, b + t0 * 1.5, a + t0 * 1.5])
-        cv2.fillPoly(labels, [px(quad)], START_LINE, lineType=cv2.LINE_8, shift=shift)
-        return labels
+        layers.append((START_LINE, "fill", px(np.array([[a, b, b + t0 * 1.5, a + t0 * 1.5]]))))
+
+        # pixel boxes, widened by the line thickness and rounding: a shape reaches no pixel outside
+        pad = self._line_w + 2
+        self._layers = [(lab, kind, shapes) for lab, kind, shapes in layers if len(shapes)]
+        los, his = [], []
+        for _, _, shapes in self._layers:
+            corners = [shapes[:, i] for i in range(shapes.shape[1])]
+            los.append((np.minimum.reduce(corners) >> self._SHIFT) - pad)
+            his.append((np.maximum.reduce(corners) >> self._SHIFT) + pad + 1)
+        self._layer_start = np.cumsum([0] + [len(s) for _, _, s in self._layers])
+        self._lo_px, self._hi_px = np.concatenate(los), np.concatenate(his)
+        self._index_tiles()
+        # grass noise sampling, per column and per row of the map
+        sh, sw = self._noise.shape
+        self._noise_x = _bilinear_axis(w, sw)
+        self._noise_y = _bilinear_axis(h, sh)
+
+    def _index_tiles(self) -> None:
+        """Which shapes reach which tile, as one array sorted by tile (then by painting order)."""
+        ny, nx = self._drawn.shape
+        t_lo = np.clip(self._lo_px // TILE_PX, 0, [nx - 1, ny - 1])
+        t_hi = np.clip((self._hi_px - 1) // TILE_PX, 0, [nx - 1, ny - 1])
+        span = t_hi - t_lo + 1
+        order = np.arange(len(t_lo))
+        tiles, shapes = [], []
+        for dy in range(int(span[:, 1].max())):
+            for dx in range(int(span[:, 0].max())):
+                ok = (dx < span[:, 0]) & (dy < span[:, 1])
+                tiles.append((t_lo[ok, 1] + dy) * nx + t_lo[ok, 0] + dx)
+                shapes.append(order[ok])
+        tiles, shapes = np.concatenate(tiles), np.concatenate(shapes)
+        by_tile = np.lexsort((shapes, tiles))
+        self._tile_of, self._shape_of = tiles[by_tile], shapes[by_tile]
+
+    def _grass(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """The grass labels of a pixel box: the noise grid interpolated bilinearly, as
+        `cv2.resize(noise, (width, height), INTER_LINEAR)` samples it, evaluated only in the box
+        (in float64: on a whole map, a few pixels in ten million fall on the other side of the
+        threshold than with OpenCV's float32 arithmetic)."""
+        xi, xj, fx = (a[x0:x1] for a in self._noise_x)
+        yi, yj, fy = (a[y0:y1] for a in self._noise_y)
+        r0 = int(yi[0])
+        grid = self._noise[r0:int(yj[-1]) + 1].astype(np.float64)
+        across = grid[:, xi] * (1.0 - fx) + grid[:, xj] * fx
+        value = across[yi - r0] * (1.0 - fy)[:, None] + across[yj - r0] * fy[:, None]
+        return np.where(value > _NOISE_THRESHOLD, GRASS_DARK, GRASS).astype(np.uint8)
+
+    def _draw_tile(self, ty: int, tx: int) -> None:
+        """Paint one tile exactly as a full-map drawing would: the shapes that reach the tile are
+        painted whole on a canvas that contains them (OpenCV clips nothing, so every pixel comes out
+        as on the full map), and the tile is cut from it."""
+        x0, y0 = tx * TILE_PX, ty * TILE_PX
+        x1, y1 = min(x0 + TILE_PX, self.width), min(y0 + TILE_PX, self.height)
+        tile = self._grass(x0, y0, x1, y1)
+        tid = ty * self._drawn.shape[1] + tx
+        first, last = np.searchsorted(self._tile_of, [tid, tid + 1])
+        if last > first:
+            ids = self._shape_of[first:last]
+            lo, hi = self._lo_px[ids].min(0), self._hi_px[ids].max(0)
+            cx0, cy0 = min(x0, int(lo[0])), min(y0, int(lo[1]))
+            cx1, cy1 = max(x1, int(hi[0])), max(y1, int(hi[1]))
+            canvas = np.full((cy1 - cy0, cx1 - cx0), _UNDRAWN, np.uint8)
+            offset = np.array([cx0, cy0], np.int32) << self._SHIFT
+            bounds = np.searchsorted(ids, self._layer_start)
+            for (lab, kind, shapes), i, j, start in zip(self._layers, bounds[:-1], bounds[1:], self._layer_start):
+                if j == i:
+                    continue
+                picked = list(shapes[ids[i:j] - start] - offset)
+                if kind == "fill":
+                    cv2.fillPoly(canvas, picked, lab, lineType=cv2.LINE_8, shift=self._SHIFT)
+                else:
+                    cv2.polylines(canvas, picked, False, lab, thickness=self._line_w, lineType=cv2.LINE_8,
+                                  shift=self._SHIFT)
+            painted = canvas[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
+            tile = np.where(painted == _UNDRAWN, tile, painted)
+        self.labels[y0:y1, x0:x1] = tile
+        self._drawn[ty, tx] = True
+
+
+def _lazy_zeros(h: int, w: int) -> np.ndarray:
+    """A zeroed uint8 image whose pages the OS provides only when first written. `np.zeros` gives
+    that only sometimes: once a large block was freed, the C allocator reuses heap memory and
+    clears all of it."""
+    if h * w < (1 << 20) or not hasattr(mmap, "MAP_PRIVATE"):
+        return np.zeros((h, w), np.uint8)
+    buf = mmap.mmap(-1, h * w, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(buf, np.uint8).reshape(h, w)  # the array keeps the mapping alive
+
+
+def _bilinear_axis(n_dst: int, n_src: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of n_dst samples along an axis stretched from n_src: the two source indices and
+    the weight of the second, with OpenCV's pixel-centre convention and clamped borders."""
+    f = (np.arange(n_dst) + 0.5) * (n_src / n_dst) - 0.5
+    i = np.floor(f)
+    f = f - i
+    i = i.astype(np.intp)
+    f[(i < 0) | (i >= n_src - 1)] = 0.0
+    i = np.clip(i, 0, n_src - 1)
+    return i, np.minimum(i + 1, n_src - 1), f
 
 
 def hash_str(s: str) -> int:
@@ -207,17 +336,22 @@ def hash_str(s: str) -> int:
     return h
 
 
-_MAPS: dict[tuple[int, float], TrackMap] = {}
+_MAPS: OrderedDict[tuple[int, float], tuple[Track, TrackMap]] = OrderedDict()
 
 
 def track_map(track: Track, res_m: float) -> TrackMap:
-    """One map per track and resolution per process, shared by every camera looking at it."""
+    """One map per track and resolution, shared by every camera looking at it; the last
+    `MAP_CACHE_SIZE` maps are kept (a camera keeps its own map alive while it lives)."""
     key = (id(track), res_m)
-    if key not in _MAPS:
-        if len(_MAPS) > 8:
-            _MAPS.clear()
-        _MAPS[key] = TrackMap(track, res_m)
-    return _MAPS[key]
+    hit = _MAPS.get(key)
+    if hit is not None and hit[0] is track:
+        _MAPS.move_to_end(key)
+        return hit[1]
+    tmap = TrackMap(track, res_m)
+    _MAPS[key] = (track, tmap)  # holding the track keeps its id from being reused
+    while len(_MAPS) > MAP_CACHE_SIZE:
+        _MAPS.popitem(last=False)
+    return tmap
 
 
 class Camera:
@@ -246,26 +380,57 @@ class Camera:
         self.palette = palette
 
     def render(self, x: float, y: float, yaw: float) -> np.ndarray:
-        """The RGB frame (height, width, 3) uint8 seen from the rear-axle pose (x, y, yaw)."""
+        """The RGB frame (height, width, 3) uint8 seen from the rear-axle pose (x, y, yaw).
+
+        The 1-byte label map is warped to the frame and only then coloured by the palette, so a new
+        palette costs nothing and no coloured copy of the map exists."""
+        return self.colour(self.render_labels(x, y, yaw))
+
+    def render_labels(self, x: float, y: float, yaw: float) -> np.ndarray:
+        """The frame as labels (height*ss, width*ss) uint8, before colouring and downsampling."""
         cx = x + 0.5 * self.wheelbase * math.cos(yaw)
         cy = y + 0.5 * self.wheelbase * math.sin(yaw)
-        src = self.map.coloured(self.palette)
-        grass = tuple(int(v) for v in self.palette[GRASS])
         if self.cfg.kind == "birdseye":
-            rgb = cv2.warpAffine(src, self._birdseye_matrix(cx, cy, yaw), (self.out_w, self.out_h),
+            m = self._birdseye_matrix(cx, cy, yaw)
+            self._ensure_drawn(m, 0.0)
+            lab = cv2.warpAffine(self.map.labels, m, (self.out_w, self.out_h),
                                  flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                                 borderMode=cv2.BORDER_CONSTANT, borderValue=grass)
+                                 borderMode=cv2.BORDER_CONSTANT, borderValue=GRASS)
             if self._car_mask is not None:
-                rgb[self._car_mask[0]] = self.palette[CAR_BODY]
-                rgb[self._car_mask[1]] = self.palette[CAR_GLASS]
+                lab[self._car_mask[0]] = CAR_BODY
+                lab[self._car_mask[1]] = CAR_GLASS
         else:
-            rgb = cv2.warpPerspective(src, self._dashcam_matrix(cx, cy, yaw), (self.out_w, self.out_h),
+            m = self._dashcam_matrix(cx, cy, yaw)
+            if self._sky_rows < self.out_h:
+                self._ensure_drawn(m, float(self._sky_rows))
+            lab = cv2.warpPerspective(self.map.labels, m, (self.out_w, self.out_h),
                                       flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                                      borderMode=cv2.BORDER_CONSTANT, borderValue=grass)
-            rgb[: self._sky_rows] = self.palette[SKY]
+                                      borderMode=cv2.BORDER_CONSTANT, borderValue=GRASS)
+            lab[: self._sky_rows] = SKY
+        return lab
+
+    def colour(self, labels: np.ndarray) -> np.ndarray:
+        """Labels to the RGB frame with this camera's palette (area-averaged when supersampled)."""
+        rgb = cv2.LUT(cv2.cvtColor(labels, cv2.COLOR_GRAY2RGB), self.palette.reshape(256, 1, 3))
         if self.ss > 1:
             rgb = cv2.resize(rgb, (self.cfg.width, self.cfg.height), interpolation=cv2.INTER_AREA)
         return rgb
+
+    def _ensure_drawn(self, m: np.ndarray, top_row: float) -> None:
+        """Have the map draw the tiles this frame reads: the pixel centres of the frame's rows from
+        `top_row` down, mapped into the map through the warp matrix (2x3 affine or 3x3 homography).
+        The image of that rectangle is convex, so its corners bound it."""
+        xs, ys = [], []
+        for u in (0.0, self.out_w - 1.0):
+            for v in (top_row, self.out_h - 1.0):
+                px = m[0, 0] * u + m[0, 1] * v + m[0, 2]
+                py = m[1, 0] * u + m[1, 1] * v + m[1, 2]
+                if m.shape[0] == 3:
+                    wz = m[2, 0] * u + m[2, 1] * v + m[2, 2]
+                    px, py = px / wz, py / wz
+                xs.append(px)
+                ys.append(py)
+        self.map.ensure(min(xs) - 2, min(ys) - 2, max(xs) + 2, max(ys) + 2)
 
     # -- birdseye --------------------------------------------------------------------------------
     def _birdseye_matrix(self, cx: float, cy: float, yaw: float) -> np.ndarray:

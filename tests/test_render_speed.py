@@ -1,0 +1,80 @@
+"""The fast reset path draws exactly what the full-map renderer drew, and stays small.
+
+`tests/data/reference_frames.npz` holds frames rendered by the renderer before lazy tiles (commit
+f9e19c3: whole map drawn at once, coloured, then warped); `reference_tracks.npz` holds tracks generated
+before the generator was sped up (every 10th point).
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from sim import Camera, camera_from_name, load_track
+from sim.render import CameraConfig, default_palette, random_palette
+from sim.track import generate
+
+DATA = __import__("pathlib").Path(__file__).parent / "data"
+
+# Grass shade comes from a noise grid upsampled bilinearly; OpenCV did it in float32 over the whole
+# map, the tiles do it in float64, so a pixel sitting on the shade threshold may flip (measured: 1-3
+# map pixels in 20 million per track). A frame may differ in that many grass pixels, nothing else.
+MAX_GRASS_PIXELS_CHANGED = 3
+
+
+def _poses(track):
+    out = []
+    for s, off, dyaw in ((0.0, 0.0, 0.0), (0.37 * track.length, 2.5, 0.3), (0.81 * track.length, -5.0, -0.6)):
+        p, h = track.point_at(s), track.heading_at(s)
+        q = p + off * np.array([-math.sin(h), math.cos(h)])
+        out.append((float(q[0]), float(q[1]), h + dyaw))
+    return out
+
+
+def _frames():
+    """The frames of the reference file, rendered now in the same order and the same way."""
+    frames = {}
+    for tname in ("procedural:0", "procedural:5", "challenge:3"):
+        t = load_track(tname)
+        for cname in ("birdseye", "dashcam", "pilotnet", "birdseye-66x200"):
+            cam = Camera(t, camera_from_name(cname))
+            for i, (x, y, yaw) in enumerate(_poses(t)):
+                pal = random_palette(np.random.default_rng(len(frames))) if i == 1 else default_palette()
+                cam.set_palette(pal)
+                frames[f"{tname}|{cname}|{i}"] = cam.render(x, y, yaw)
+        lo, hi = t.bounds
+        for cname in ("birdseye", "dashcam"):  # beyond the map's margin: the border is grass
+            cam = Camera(t, camera_from_name(cname))
+            frames[f"{tname}|{cname}|border"] = cam.render(float(lo[0]) - 45.0, float(hi[1]) + 10.0, 0.7)
+    t = load_track("procedural:5")
+    big = Camera(t, CameraConfig(width=480, height=480, view_width_m=90.0, car_row=0.68))
+    frames["procedural:5|world480|1"] = big.render(*_poses(t)[1])
+    return frames
+
+
+def test_frames_are_the_full_map_renderers_frames():
+    ref = np.load(DATA / "reference_frames.npz")
+    now = _frames()
+    assert sorted(now) == sorted(ref.files)
+    grass = {tuple(default_palette()[k]) for k in (0, 1)}
+    for key in ref.files:
+        a, b = ref[key], now[key]
+        assert a.shape == b.shape, key
+        changed = np.any(a != b, axis=-1)
+        assert changed.sum() <= MAX_GRASS_PIXELS_CHANGED, f"{key}: {changed.sum()} pixels differ"
+        if changed.any() and key.endswith(("|0", "|2", "border")):  # default palette: only grass shades swap
+            assert {tuple(c) for c in a[changed]} | {tuple(c) for c in b[changed]} <= grass, key
+
+
+def test_generated_tracks_are_unchanged():
+    ref = np.load(DATA / "reference_tracks.npz")
+    for key in ref.files:
+        spec, what = key.split("|")
+        head, seed = spec.split(":")
+        t = generate(int(seed), head)
+        if what == "xy":
+            np.testing.assert_allclose(t.xy[::10], ref[key], rtol=0, atol=1e-9, err_msg=spec)
+        elif what == "widths":
+            np.testing.assert_allclose(np.stack([t.width_right, t.width_left], 1)[::10], ref[key], atol=1e-9)
+        else:
+            assert t.length == pytest.approx(ref[key][0], abs=1e-9) and len(t) == ref[key][1]
