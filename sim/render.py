@@ -126,7 +126,9 @@ def draw_speed_gauge(frame: np.ndarray, fraction: float) -> np.ndarray:
 
 
 TILE_PX = 128  # the map is drawn lazily in square tiles of this many pixels
-MAP_CACHE_SIZE = 6  # track maps kept per process (least recently used dropped first)
+MAP_CACHE_SIZE = 32  # track maps kept per process (least recently used dropped first) ...
+MAP_CACHE_BYTES = 256 << 20  # ... and fewer when their drawn parts take more memory than this
+_PAGE = 4096  # memory page: the unit the OS lends a drawn tile's rows in
 _UNDRAWN = 255  # not a label: marks canvas pixels no shape covered (they show the grass)
 _NOISE_THRESHOLD = float(np.float32(0.6))  # darker grass above this noise (as float32 compared it)
 
@@ -153,6 +155,7 @@ class TrackMap:
         self.width, self.height = w, h
         self.labels = _lazy_zeros(h, w)
         self._drawn = np.zeros((-(-h // TILE_PX), -(-w // TILE_PX)), bool)
+        self._pages = np.zeros(-(-h * w // _PAGE), bool)  # pages of `labels` written so far
         self._last_ensured: tuple[int, int, int, int] | None = None
         self._prepare_shapes(track, w, h)
 
@@ -176,6 +179,11 @@ class TrackMap:
             return
         for ty, tx in zip(*np.nonzero(~block)):
             self._draw_tile(ty0 + int(ty), tx0 + int(tx))
+
+    @property
+    def resident_bytes(self) -> int:
+        """Memory the drawn tiles hold (whole pages: a tile's rows lie on different pages)."""
+        return int(np.count_nonzero(self._pages)) * _PAGE
 
     def draw_all(self) -> np.ndarray:
         """The whole label map (draws every tile; for pictures of the whole track)."""
@@ -304,6 +312,9 @@ class TrackMap:
             tile = np.where(painted == _UNDRAWN, tile, painted)
         self.labels[y0:y1, x0:x1] = tile
         self._drawn[ty, tx] = True
+        row_start = np.arange(y0, y1) * self.width
+        self._pages[(row_start + x0) // _PAGE] = True
+        self._pages[(row_start + x1 - 1) // _PAGE] = True
 
 
 def _lazy_zeros(h: int, w: int) -> np.ndarray:
@@ -340,8 +351,9 @@ _MAPS: OrderedDict[tuple[int, float], tuple[Track, TrackMap]] = OrderedDict()
 
 
 def track_map(track: Track, res_m: float) -> TrackMap:
-    """One map per track and resolution, shared by every camera looking at it; the last
-    `MAP_CACHE_SIZE` maps are kept (a camera keeps its own map alive while it lives)."""
+    """One map per track and resolution, shared by every camera looking at it. The most recently
+    used maps are kept, at most `MAP_CACHE_SIZE` of them and while their drawn parts fit in
+    `MAP_CACHE_BYTES` (a camera keeps its own map alive while it lives)."""
     key = (id(track), res_m)
     hit = _MAPS.get(key)
     if hit is not None and hit[0] is track:
@@ -349,7 +361,8 @@ def track_map(track: Track, res_m: float) -> TrackMap:
         return hit[1]
     tmap = TrackMap(track, res_m)
     _MAPS[key] = (track, tmap)  # holding the track keeps its id from being reused
-    while len(_MAPS) > MAP_CACHE_SIZE:
+    while len(_MAPS) > MAP_CACHE_SIZE or (
+            len(_MAPS) > 1 and sum(m.resident_bytes for _, m in _MAPS.values()) > MAP_CACHE_BYTES):
         _MAPS.popitem(last=False)
     return tmap
 

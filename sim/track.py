@@ -7,14 +7,19 @@ arc length s, and where is this pose relative to the centerline. Pure numpy.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 import os
+import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
+from .files import atomic_write
 
 REAL_DIR = Path(__file__).resolve().parent / "circuits"  # package data: 25 real circuits, LGPL-3.0
 SPACING_M = 1.0  # centerline resampling step; projection and rendering rely on it being small
@@ -269,6 +274,46 @@ def generate(seed: int, style: str = "procedural") -> Track:
     raise TrackError(f"{style}:{seed}: generator found no valid track")  # pragma: no cover
 
 
+def generate_cached(seed: int, style: str = "procedural") -> Track:
+    """`generate`, remembered on disk: a generated track is saved (centerline and widths, about
+    100 kB) under the cache folder, keyed by a digest of this file, so later processes load it in a
+    fraction of a millisecond and any change to the generator starts afresh. The folder is
+    `$E2E_DRIVE_CACHE`, else `$XDG_CACHE_HOME/e2e-drive`, else `~/.cache/e2e-drive`; `E2E_DRIVE_CACHE=off`
+    turns it off. A cache that cannot be read or written is ignored."""
+    path = _cache_path(seed, style)
+    if path is not None and path.exists():
+        try:
+            with np.load(path) as z:
+                track = Track(name=f"{style}:{seed}", xy=z["xy"], width_right=z["width_right"],
+                              width_left=z["width_left"], source=f"{style}:{seed}")
+            return track
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # a damaged entry: generate again and overwrite it
+    track = generate(seed, style)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda f: np.savez(f, xy=track.xy, width_right=track.width_right,
+                                                  width_left=track.width_left))
+        except OSError:
+            pass  # read-only or full disk: the track is still good, just not remembered
+    return track
+
+
+@functools.cache
+def _generator_digest() -> str:
+    return hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:12]
+
+
+def _cache_path(seed: int, style: str) -> Path | None:
+    root = os.environ.get("E2E_DRIVE_CACHE")
+    if root == "off":
+        return None
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "e2e-drive"
+    return Path(root) / "tracks" / f"{style}-{seed}-{_generator_digest()}.npz"
+
+
 def _try_generate(rng: np.random.Generator, cfg: GeneratorStyle) -> Track | None:
     n = int(rng.integers(cfg.n_corners[0], cfg.n_corners[1] + 1))
     angles = np.sort(rng.uniform(0, 2 * np.pi, n))
@@ -332,7 +377,6 @@ def _round_corners(xy: np.ndarray, min_radius: float, max_iter: int = 3000) -> n
     10 points each way); the 7 iterations between move each of them to the mean of its 6
     neighbours, all at once. Only the windows around tight stretches are computed."""
     xy = xy.copy()
-    n = len(xy)
     for it in range(0, max_iter, 8):
         a, c = np.roll(xy, 2, 0), np.roll(xy, -2, 0)
         ab = np.hypot(*(xy - a).T)
@@ -531,12 +575,15 @@ def _real_name(name: str) -> str:
     return by_lower[name.strip().lower()]
 
 
-_CACHE: dict[str, Track] = {}
+TRACK_CACHE_SIZE = 128  # tracks kept per process (a few hundred kB each), least recently used dropped
+_CACHE: OrderedDict[str, Track] = OrderedDict()
 
 
 def load_track(spec: str) -> Track:
-    """One track from a single-track spec (`procedural:7` or a CSV path); cached per process."""
+    """One track from a single-track spec (`procedural:7` or a CSV path); the last
+    `TRACK_CACHE_SIZE` are kept per process, so a revisit returns the same object."""
     if spec in _CACHE:
+        _CACHE.move_to_end(spec)
         return _CACHE[spec]
     head, sep, tail = spec.partition(":")
     if sep and head in STYLES:
@@ -546,7 +593,7 @@ def load_track(spec: str) -> Track:
             raise TrackError(f"{spec}: bad track SPEC, expected {head}:SEED with a whole number") from None
         if seed < 0:
             raise TrackError(f"{spec}: seed must be >= 0")
-        track = generate(seed, head)
+        track = generate_cached(seed, head)
     elif sep and head == "real":
         name = _real_name(tail)
         track = load_csv(REAL_DIR / f"{name}.csv")
@@ -554,6 +601,8 @@ def load_track(spec: str) -> Track:
     else:
         track = load_csv(spec)
     _CACHE[spec] = track
+    while len(_CACHE) > TRACK_CACHE_SIZE:
+        _CACHE.popitem(last=False)
     return track
 
 

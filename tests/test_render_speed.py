@@ -78,3 +78,21 @@ def test_generated_tracks_are_unchanged():
             np.testing.assert_allclose(np.stack([t.width_right, t.width_left], 1)[::10], ref[key], atol=1e-9)
         else:
             assert t.length == pytest.approx(ref[key][0], abs=1e-9) and len(t) == ref[key][1]
+
+
+def test_generated_tracks_are_remembered_on_disk(tmp_path, monkeypatch):
+    from sim import track as trackmod
+
+    monkeypatch.setenv("E2E_DRIVE_CACHE", str(tmp_path))
+    fresh = trackmod.generate_cached(11)
+    files = list((tmp_path / "tracks").glob("procedural-11-*.npz"))
+    assert len(files) == 1
+    again = trackmod.generate_cached(11)  # from the file
+    assert again is not fresh and again.name == fresh.name == "procedural:11"
+    assert np.array_equal(again.xy, fresh.xy) and again.length == fresh.length
+    assert np.array_equal(again.width_left, fresh.width_left)
+    files[0].write_bytes(b"not a zip")  # a damaged entry is generated again and replaced
+    assert np.array_equal(trackmod.generate_cached(11).xy, fresh.xy)
+    assert np.array_equal(np.load(files[0])["xy"], fresh.xy)
+    monkeypatch.setenv("E2E_DRIVE_CACHE", "off")
+    assert np.array_equal(trackmod.generate_cached(11).xy, fresh.xy)
