@@ -40,12 +40,18 @@ EPILOG = """examples:
 
 Track SPECs: procedural:7, procedural:0-19, challenge:0-9, real:all, real:suzuka (any built-in circuit),
 a CSV file, a folder of CSVs; join with commas. `run_drive.py tracks` lists them.
-Run `python run_drive.py COMMAND --help` for each command's flags and examples."""
+Run `python run_drive.py COMMAND --help` for each command's flags and examples. After `pip install .`
+the command `e2e-drive` is the same as `python run_drive.py`."""
+
+
+def _prog() -> str:
+    """`e2e-drive` when run as the installed console command, else `run_drive.py`."""
+    return "e2e-drive" if os.path.basename(sys.argv[0]) == "e2e-drive" else "run_drive.py"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="run_drive.py", description="E2E Drive: learn to drive end to end, from camera pixels to steering.",
+        prog=_prog(), description="E2E Drive: learn to drive end to end, from camera pixels to steering.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     parser = argparse.ArgumentParser(
-        prog=f"run_drive.py {name}", description=help_text,
+        prog=f"{_prog()} {name}", description=help_text,
         epilog=getattr(module, "EXAMPLES", None), formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])

@@ -1,29 +1,49 @@
-"""Console progress bars and summary tables for every long command (no third-party dependency)."""
+"""Progress bars (tqdm) and summary tables (tabulate) for every long command.
+
+In a terminal a bar redraws in place with rate and ETA. In a log file (stderr not a TTY) a bar
+writes a plain line only after at least LOG_EVERY_S seconds and LOG_EVERY_FRACTION of the work
+since its last line, and one line when it ends, so a long run adds a few lines, not hundreds.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, TextIO
+
+from tabulate import tabulate
+from tqdm import tqdm
+
+LOG_EVERY_S = 30.0  # in a log, at most one line per this many seconds...
+LOG_EVERY_FRACTION = 0.1  # ...and per this share of the total (when the total is known)
+LOG_FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt}{unit} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+LOG_FORMAT_NO_TOTAL = "{desc}: {n_fmt}{unit} [{elapsed}, {rate_fmt}{postfix}]"
 
 
 class Progress:
-    """A one-line progress bar on stderr: `with Progress(total, "training") as bar: bar.update(n, loss=0.1)`.
+    """`with Progress(total, "training", " frames") as bar: bar.update(n, loss=0.1)`; on stderr.
 
-    Redraws at most 10 times a second; on a non-terminal (CI logs) it prints a line every ~10%.
-    """
+    `total` may be None (no percentage or ETA). Keyword fields are shown after the rate and keep
+    their last value."""
 
-    def __init__(self, total: float | None, label: str = "", unit: str = "", stream=None):
-        self.total = total
-        self.label = label
-        self.unit = unit
-        self.stream = stream or sys.stderr
-        self.done = 0.0
-        self.fields: dict[str, object] = {}
-        self.start = time.perf_counter()
-        self._last_draw = 0.0
-        self._last_decile = -1
+    def __init__(self, total: float | None, label: str = "", unit: str = "", stream: TextIO | None = None):
+        self.stream = stream if stream is not None else sys.stderr
         self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.fields: dict[str, object] = {}
+        sized = self._tty and _columns(self.stream) > 0  # a pty may report 0 columns: draw 100 wide
+        self._bar = tqdm(total=total or None, desc=label, unit=unit, unit_scale=isinstance(total, float), leave=True,
+                         dynamic_ncols=sized, ncols=None if sized else 100,
+                         file=self.stream if self._tty else _DISCARD, mininterval=0.1 if self._tty else float("inf"))
+        if not self._tty:
+            self._bar.bar_format = LOG_FORMAT if total else LOG_FORMAT_NO_TOTAL
+        self._logged_at = (time.monotonic(), 0.0)  # when, and how much was done, at the last log line
+        self._closed = False
+        self._logged_once = False
+
+    @property
+    def done(self) -> float:
+        return self._bar.n
 
     def __enter__(self) -> "Progress":
         return self
@@ -32,46 +52,67 @@ class Progress:
         self.close()
 
     def update(self, n: float = 1, **fields: object) -> None:
-        self.done += n
-        self.fields.update(fields)
-        self._draw()
+        self._set_fields(fields)
+        self._bar.update(n)
+        self._log_line()
 
     def set(self, done: float, **fields: object) -> None:
-        self.done = done
-        self.fields.update(fields)
-        self._draw()
+        self._set_fields(fields)
+        self._bar.update(done - self._bar.n)
+        self._log_line()
 
-    def _line(self) -> str:
-        elapsed = time.perf_counter() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        extra = " ".join(f"{k}={_fmt(v)}" for k, v in self.fields.items())
-        if self.total:
-            frac = min(max(self.done / self.total, 0.0), 1.0)
-            bar = "#" * int(frac * 24) + "-" * (24 - int(frac * 24))
-            eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-            return (f"{self.label} [{bar}] {frac * 100:5.1f}% {_fmt(self.done)}/{_fmt(self.total)}{self.unit} "
-                    f"{_fmt(rate)}{self.unit}/s elapsed {_clock(elapsed)} eta {_clock(eta)} {extra}").rstrip()
-        return f"{self.label} {_fmt(self.done)}{self.unit} {_fmt(rate)}{self.unit}/s {_clock(elapsed)} {extra}".rstrip()
+    def _set_fields(self, fields: dict[str, object]) -> None:
+        if fields:
+            self.fields.update(fields)
+            self._bar.set_postfix(self.fields, refresh=False)
 
-    def _draw(self, final: bool = False) -> None:
-        now = time.perf_counter()
+    def _log_line(self, final: bool = False) -> None:
         if self._tty:
-            if final or now - self._last_draw > 0.1:
-                self.stream.write("\r\033[K" + self._line())
-                self.stream.flush()
-                self._last_draw = now
-        else:
-            decile = int(10 * self.done / self.total) if self.total else int(now - self.start) // 10
-            if final or decile != self._last_decile:
-                self._last_decile = decile
-                self.stream.write(self._line() + "\n")
-                self.stream.flush()
+            return
+        now, done = time.monotonic(), self._bar.n
+        when, then = self._logged_at
+        enough = not self._bar.total or done - then >= LOG_EVERY_FRACTION * self._bar.total
+        if (final and (done != then or not self._logged_once)) or (now - when >= LOG_EVERY_S and enough):
+            self._logged_once = True
+            self.stream.write(str(self._bar) + "\n")
+            self.stream.flush()
+            self._logged_at = (now, done)
 
     def close(self) -> None:
-        self._draw(final=True)
-        if self._tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self._closed:
+            return
+        self._closed = True
+        self._log_line(final=True)
+        self._bar.close()
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
+class _Discard:
+    """Where a bar that only writes log lines sends tqdm's own drawing."""
+
+    def write(self, _text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+_DISCARD = _Discard()
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]], title: str = "") -> str:
+    """A plain-text table with aligned columns (numbers right-aligned), under an optional title."""
+    cells = [[_fmt(c) if not isinstance(c, str) else c for c in row] for row in rows]
+    numeric = [bool(cells) and all(_is_num(r[i]) for r in cells) for i in range(len(headers))]
+    text = tabulate(cells, headers=list(headers), tablefmt="simple", disable_numparse=True,
+                    colalign=["right" if n else "left" for n in numeric])
+    return f"{title}\n{text}" if title else text
 
 
 def _fmt(v: object) -> str:
@@ -82,34 +123,10 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def _clock(seconds: float) -> str:
-    if seconds != seconds or seconds == float("inf"):
-        return "--:--"
-    m, s = divmod(int(seconds), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m:02d}:{s:02d}"
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[object]], title: str = "") -> str:
-    """A plain-text table with aligned columns (numbers right-aligned)."""
-    cells = [[_fmt(c) if not isinstance(c, str) else c for c in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row)]
-
-    def line(row: Sequence[str], numeric: Sequence[bool]) -> str:
-        return "  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(row, widths, numeric))
-
-    numeric = [all(_is_num(r[i]) for r in cells) and bool(cells) for i in range(len(headers))]
-    out = [title] if title else []
-    out.append(line(list(headers), numeric))
-    out.append("  ".join("-" * w for w in widths))
-    out.extend(line(r, numeric) for r in cells)
-    return "\n".join(out)
-
-
 def _is_num(s: str) -> bool:
     try:
         float(s.replace(",", "").rstrip("%"))
         return True
     except ValueError:
         return s == "-"
+
