@@ -41,13 +41,15 @@ from pathlib import Path
 import numpy as np
 
 from data.recording import DriveWriter, find_drives, read_meta, unique_drive_name
-from sim.env import DriveEnv, EnvConfig
+from sim.env import EnvConfig
 from sim.errors import UserError
 from sim.expert import Expert
 from sim.files import atomic_savefig
 from sim.progress import Progress, table
 from sim.render import N_LABELS
 from sim.track import load_track, parse_spec
+
+from .drive import BlendDriver, Drive, DriveHooks, drive_jobs, max_steps_for
 
 EXAMPLES = """examples:
   python run_drive.py record --autopilot --tracks procedural:0-3 --laps 1 --out data/drives/few
@@ -93,18 +95,57 @@ class DaggerConfig:
 
 
 # -- driving: the policy steers, the expert labels --------------------------------------------------
-@dataclass
-class _Run:
-    spec: str
-    env: DriveEnv
-    writer: DriveWriter
-    obs: np.ndarray
-    info: dict
+class _DaggerRecorder(DriveHooks):
+    """Saves every frame the policy reached, labelled with what the expert would have done there."""
 
+    def __init__(self, policy, out: Path, beta: float, iteration: int, seed: int, names: dict[int, str],
+                 on_frames=None):
+        self.policy, self.out, self.beta, self.iteration, self.seed = policy, out, beta, iteration, seed
+        self.names, self.on_frames = names, on_frames
+        self.expert = Expert()
+        self.writers: dict[int, DriveWriter] = {}
+        self.rows: list[dict] = []
 
-def _max_steps(env_cfg: EnvConfig, length_m: float, laps: int) -> int:
-    """Three expert lap times: a policy that stalls or turns round still ends its drive."""
-    return int(3 * laps * length_m / (env_cfg.car.cruise_speed_mps * env_cfg.car.dt)) + 200
+    def _add(self, d: Drive, executed: np.ndarray | None) -> None:
+        label = self.expert.act(d.env)
+        self.writers[d.index].add(d.obs, float(label[0]), d.info,
+                                  throttle=float(label[1]) if label.shape[0] > 1 else None,
+                                  executed_steering=None if executed is None else float(executed[0]))
+
+    def started(self, d: Drive) -> None:
+        cfg = d.env.unwrapped.cfg
+        meta = {
+            "source": "dagger",
+            "driver": {"kind": "policy", "policy": str(getattr(self.policy, "folder", "")),
+                       "labels": "expert (sim.expert.Expert)", "beta": self.beta, "iteration": self.iteration,
+                       "seed": self.seed + d.index},
+            "track": d.spec,
+            "track_length_m": float(d.env.unwrapped.track.length),
+            "env": cfg.to_dict(),
+            "palette": d.env.unwrapped.palette[:N_LABELS].tolist(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        self.writers[d.index] = DriveWriter(self.out / self.names[d.index], meta)
+
+    def before_step(self, d: Drive, action: np.ndarray) -> None:
+        self._add(d, action)
+        if self.on_frames:
+            self.on_frames(1)
+
+    def finished(self, d: Drive) -> None:
+        self._add(d, None)  # the final state is a valid (frame, label) pair too; nothing was executed there
+        writer = self.writers.pop(d.index)
+        writer.close()
+        s = writer.meta["summary"]
+        self.rows.append({"path": str(writer.folder), "track": d.spec, "frames": writer.frames_written,
+                          "interventions": int(s.get("interventions", 0)), "laps": int(d.info["lap"])})
+        if self.on_frames:
+            self.on_frames(1, drives=f"{len(self.rows)}/{len(self.names)}")
+
+    def abort(self) -> None:
+        """Keep what was driven of the open drives, marked unfinished."""
+        for writer in self.writers.values():
+            writer.abort()
 
 
 def dagger_drives(policy, tracks_spec: str, out: str | os.PathLike, *, beta: float = 0.0, laps: int = 1,
@@ -112,77 +153,31 @@ def dagger_drives(policy, tracks_spec: str, out: str | os.PathLike, *, beta: flo
                   verbose: bool = True) -> list[dict]:
     """The `policy` drives every track of `tracks_spec` (blended with the expert by `beta`); every
     frame goes to a drive `out/<track>/` with the expert's steering as its label. Returns one row per
-    drive: path, track, frames, interventions, laps, mean |label - executed|."""
+    drive: path, track, frames, interventions, laps."""
     if not 0.0 <= beta <= 1.0:
         raise UserError(f"--beta0 {beta}: the expert's share must be between 0 and 1")
     specs = parse_spec(tracks_spec)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base = replace(policy.env_config(), off_track="recover", laps=laps, throttle=False, random_start=False)
-    expert = Expert()
+    cfg = replace(policy.env_config(), off_track="recover", laps=laps, throttle=False, random_start=False)
     taken = {p.name for p in out.iterdir()}
-    jobs = []
-    for i, spec in enumerate(specs):
+    names = {i: unique_drive_name(spec, taken) for i, spec in enumerate(specs)}
+    expected = 0.0
+    for spec in specs:
         length = load_track(spec).length
-        steps = max_steps if max_steps is not None else _max_steps(base, length, laps)
-        jobs.append((i, spec, replace(base, track=spec, max_steps=int(steps)), out / unique_drive_name(spec, taken)))
-    expected = sum(min(c.max_steps, laps * load_track(s).length / (c.car.cruise_speed_mps * c.car.dt)) + 1
-                   for _, s, c, _ in jobs)
-    rows: list[dict] = []
-    pending = list(jobs)
-    active: list[_Run] = []
-    try:
-        with contextlib.ExitStack() as stack:
-            stream = sys.stderr if verbose else stack.enter_context(open(os.devnull, "w"))
-            bar = stack.enter_context(Progress(expected, f"dagger {iteration}: policy drives", " frames",
-                                               stream=stream))
-            while pending or active:
-                while pending and len(active) < batch:
-                    i, spec, cfg, folder = pending.pop(0)
-                    env = DriveEnv(config=cfg)
-                    obs, info = env.reset(seed=seed + i)
-                    meta = {
-                        "source": "dagger",
-                        "driver": {"kind": "policy", "policy": str(getattr(policy, "folder", "")),
-                                   "labels": "expert (sim.expert.Expert)", "beta": beta, "iteration": iteration,
-                                   "seed": seed + i},
-                        "track": spec,
-                        "track_length_m": float(env.unwrapped.track.length),
-                        "env": cfg.to_dict(),
-                        "palette": env.unwrapped.palette[:N_LABELS].tolist(),
-                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    }
-                    active.append(_Run(spec, env, DriveWriter(folder, meta), obs, info))
-                pol = np.asarray(policy.steer_batch(np.stack([r.obs for r in active])), np.float32).reshape(-1)
-                pol = np.clip(np.nan_to_num(pol, nan=0.0), -1.0, 1.0)
-                still = []
-                for r, p in zip(active, pol):
-                    label = expert.steering(r.env)
-                    executed = float(np.clip(beta * label + (1.0 - beta) * p, -1.0, 1.0))
-                    r.writer.add(r.obs, label, r.info, executed_steering=executed)
-                    r.obs, _, terminated, truncated, r.info = r.env.step(np.array([executed], np.float32))
-                    if terminated or truncated:
-                        # the final state is a valid (frame, label) pair too; nothing was executed there
-                        r.writer.add(r.obs, expert.steering(r.env), r.info, executed_steering=None)
-                        r.writer.close()
-                        r.env.close()
-                        rows.append(_drive_row(r))
-                        bar.update(1, drives=f"{len(rows)}/{len(jobs)}")
-                        continue
-                    still.append(r)
-                bar.update(len(active), drives=f"{len(rows)}/{len(jobs)}")
-                active = still
-    except BaseException:
-        for r in active:
-            r.writer.abort()
-        raise
-    return sorted(rows, key=lambda r: r["path"])
-
-
-def _drive_row(r: _Run) -> dict:
-    s = r.writer.meta["summary"]
-    return {"path": str(r.writer.folder), "track": r.spec, "frames": r.writer.frames_written,
-            "interventions": int(s.get("interventions", 0)), "laps": int(r.info["lap"])}
+        steps = max_steps if max_steps is not None else max_steps_for(cfg, length, laps)
+        expected += min(steps, laps * length / (cfg.car.cruise_speed_mps * cfg.car.dt)) + 1
+    with contextlib.ExitStack() as stack:
+        stream = sys.stderr if verbose else stack.enter_context(open(os.devnull, "w"))
+        bar = stack.enter_context(Progress(expected, f"dagger {iteration}: policy drives", " frames", stream=stream))
+        recorder = _DaggerRecorder(policy, out, beta, iteration, seed, names, on_frames=bar.update)
+        try:
+            drive_jobs(BlendDriver(policy, beta), list(enumerate(specs)), cfg, laps, seed, batch=batch,
+                       hooks=[recorder], max_steps=max_steps)
+        except BaseException:
+            recorder.abort()
+            raise
+    return sorted(recorder.rows, key=lambda r: r["path"])
 
 
 # -- the baseline: as many autopilot frames, recorded like the start data ---------------------------

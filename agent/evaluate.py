@@ -3,9 +3,9 @@ laps of every track in a SPEC; we measure it (agent/metrics.py), print a table, 
 optionally a video and trajectory plots.
 
 Leaving the track is an intervention: the env (off_track="recover") puts the car back on the
-centerline, the lap no longer counts as clean, and the drive goes on. Several tracks are stepped in
-lock step so a policy steers them all with one batched forward pass; `workers` splits the tracks
-over processes. `--expert` never imports torch.
+centerline, the lap no longer counts as clean, and the drive goes on. The tracks are driven by the
+shared lock-step loop (agent/drive.py: one batched forward pass for several tracks); `workers` splits
+the tracks over processes. `--expert` never imports torch.
 """
 
 from __future__ import annotations
@@ -21,25 +21,24 @@ import re
 import sys
 import time
 import traceback
-from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from sim.env import DriveEnv, EnvConfig
+from sim.env import EnvConfig
 from sim.errors import UserError
 from sim.expert import Expert
 from sim.files import atomic_savefig, atomic_write_text
 from sim.progress import Progress, table
 from sim.track import load_track, parse_spec
 
+from .drive import Drive, DriveHooks, ExpertDriver, PolicyDriver, drive_jobs
 from .metrics import drive_metrics, json_safe, summarise
 
 FORMAT_VERSION = 1
 VIDEO_FRAMES = 1200  # a minute at 20 Hz: the start of the first lap of the first track
-STEP_KEYS = ("time", "progress_m", "lap", "lap_completed", "off_track", "intervention", "cte", "speed", "x", "y")
 
 EXAMPLES = """examples:
   python run_drive.py eval --expert --tracks procedural:0-99 --laps 1 --json out/expert.json
@@ -50,110 +49,6 @@ EXAMPLES = """examples:
 Each lap starts on the start line; leaving the track is an intervention (the car is put back on the
 centerline and the lap is not clean). Metrics: laps_completed = clean laps; route_completion = share
 of each lap driven before its first intervention; autonomy = 100 * (1 - interventions * 6 s / time)."""
-
-
-# -- drivers ----------------------------------------------------------------------------------------
-class ExpertDriver:
-    """The autopilot, with privileged state: the reference every policy is compared with."""
-
-    name = "expert"
-
-    def describe(self) -> dict:
-        return {"kind": "expert", "name": "pure pursuit on the centerline (sim.expert.Expert)"}
-
-    def env_config(self) -> EnvConfig:
-        return EnvConfig()
-
-    def can_spawn(self) -> bool:
-        return True
-
-    def prepare_worker(self) -> None:
-        pass
-
-    def session(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
-
-    def steer(self, envs: list, frames: list[np.ndarray]) -> np.ndarray:
-        expert = Expert()
-        return np.array([expert.steering(e) for e in envs], dtype=np.float32)
-
-
-class PolicyDriver:
-    """A trained policy: it sees only the camera frames (`policy.steer_batch`), nothing of `info`.
-
-    Give a policy folder (loaded lazily, so worker processes load their own copy) or a loaded policy.
-    """
-
-    name = "policy"
-
-    def __init__(self, model_dir: str | os.PathLike | None = None, device: str = "cpu", policy=None):
-        if model_dir is None and policy is None:
-            raise ValueError("PolicyDriver needs a model folder or a loaded policy")
-        self.model_dir = None if model_dir is None else str(model_dir)
-        self.device = device
-        self._policy = policy
-
-    @property
-    def policy(self):
-        if self._policy is None:
-            from .model import load_policy  # torch only for --model
-            self._policy = load_policy(self.model_dir, device=self.device)
-        return self._policy
-
-    def __getstate__(self) -> dict:  # workers load their own copy from the folder
-        return {"model_dir": self.model_dir, "device": self.device, "_policy": None}
-
-    def describe(self) -> dict:
-        card = self.policy.card
-        return {"kind": "model", "path": self.model_dir or str(getattr(self.policy, "folder", "")),
-                "arch": card.get("arch"), "data": card.get("data"), "training": card.get("training"),
-                "device": self.device}
-
-    def env_config(self) -> EnvConfig:
-        return self.policy.env_config()
-
-    def can_spawn(self) -> bool:
-        return self.model_dir is not None
-
-    def prepare_worker(self) -> None:
-        import torch
-        torch.set_num_threads(1)  # one core per worker process
-
-    def session(self) -> contextlib.AbstractContextManager:
-        from .model import single_thread_inference
-        return single_thread_inference()
-
-    def steer(self, envs: list, frames: list[np.ndarray]) -> np.ndarray:
-        out = np.asarray(self.policy.steer_batch(np.stack(frames)), dtype=np.float32).reshape(-1)
-        return np.clip(np.nan_to_num(out, nan=0.0), -1.0, 1.0)
-
-
-# -- one drive --------------------------------------------------------------------------------------
-@dataclass
-class _Drive:
-    """One track being driven: its env, the last frame and the per-step record."""
-
-    index: int
-    spec: str
-    env: DriveEnv
-    obs: np.ndarray
-    target_m: float  # metres of route in all its laps (for the progress bar)
-    reported_m: float = 0.0
-    record: dict = field(default_factory=lambda: {k: [] for k in STEP_KEYS})
-
-    def add(self, info: dict) -> None:
-        for k in STEP_KEYS:
-            self.record[k].append(info[k])
-
-    def result(self, laps: int, keep_trajectory: bool) -> dict:
-        steps = {k: np.asarray(v) for k, v in self.record.items()}
-        track = self.env.unwrapped.track
-        out = {"index": self.index, "spec": self.spec, "track": track.name,
-               "metrics": drive_metrics(steps, track.length, laps)}
-        if keep_trajectory:
-            out["trajectory"] = {k: steps[k].astype(np.float32 if k in ("x", "y", "cte") else steps[k].dtype)
-                                 for k in ("x", "y", "cte", "intervention")}
-        return out
 
 
 class _Video:
@@ -238,62 +133,68 @@ class _Video:
         return {"path": str(self.path), "frames": self.frames, "fps": self.fps}
 
 
-def _max_steps(cfg: EnvConfig, length_m: float, laps: int) -> int:
-    """Room for three times the expert's lap time: a policy that stalls or turns round still ends."""
-    return int(3 * laps * length_m / (cfg.car.cruise_speed_mps * cfg.car.dt)) + 200
+class _EvalHooks(DriveHooks):
+    """What `eval` does around the driving loop: film one drive, report progress in metres, and turn
+    each finished drive's record into its metrics (and trajectory, for the plots)."""
+
+    def __init__(self, driver, laps: int, keep_trajectory: bool, video: dict | None, report=None):
+        self.driver, self.laps, self.keep_trajectory, self.video, self.report = \
+            driver, laps, keep_trajectory, video, report
+        self.results: list[dict] = []
+        self.reported_m: dict[int, float] = {}
+        self.recorder: _Video | None = None
+        self.expert = Expert()
+
+    def _filming(self, d: Drive) -> bool:
+        return self.recorder is not None and self.recorder.owner == d.index
+
+    def started(self, d: Drive) -> None:
+        self.reported_m[d.index] = 0.0
+        if self.video is not None and d.index == self.video["index"]:
+            self.recorder = _Video(Path(self.video["path"]), self.video["max_frames"], self.driver.name,
+                                   d.env.metadata["render_fps"], d.index, d.info)
+
+    def before_step(self, d: Drive, action: np.ndarray) -> None:
+        if self._filming(d):
+            sal = None
+            if self.video.get("saliency") and isinstance(self.driver, PolicyDriver):
+                from .saliency import saliency_overlay
+                sal = saliency_overlay(self.driver.policy, d.obs)
+            self.recorder.add(d.env, float(action[0]), self.expert.steering(d.env), sal)
+
+    def after_step(self, d: Drive, action: np.ndarray) -> None:
+        if self._filming(d):
+            self.recorder.info = d.info
+            self.recorder.done = self.recorder.done or d.info["lap_completed"]
+        gained = min(max(d.info["progress_m"], 0.0), d.target_m) - self.reported_m[d.index]
+        if self.report and gained > 0:
+            self.reported_m[d.index] += gained
+            self.report(gained, None)
+
+    def finished(self, d: Drive) -> None:
+        steps = d.steps()
+        track = d.env.unwrapped.track
+        result = {"index": d.index, "spec": d.spec, "track": track.name,
+                  "metrics": drive_metrics(steps, track.length, self.laps)}
+        if self.keep_trajectory:
+            result["trajectory"] = {k: steps[k].astype(np.float32 if k in ("x", "y", "cte") else steps[k].dtype)
+                                    for k in ("x", "y", "cte", "intervention")}
+        if self._filming(d):
+            result["video"] = self.recorder.close()
+            self.recorder = None
+        self.results.append(result)
+        if self.report:
+            self.report(d.target_m - self.reported_m.pop(d.index), result)
 
 
 def drive_tracks(driver, jobs: list[tuple[int, str]], cfg: EnvConfig, laps: int, seed: int, batch: int = 8,
                  video: dict | None = None, keep_trajectory: bool = False, report=None) -> list[dict]:
-    """Drive every (index, spec) job, `batch` tracks at a time in lock step (one `driver.steer` call
-    per step for all of them). `report(metres, done_result)` is called as the drives progress."""
-    pending = deque(jobs)
-    active: list[_Drive] = []
-    results: list[dict] = []
-    recorder = None
-    expert = Expert()
-    while pending or active:
-        while pending and len(active) < batch:
-            index, spec = pending.popleft()
-            length = load_track(spec).length
-            env = DriveEnv(config=replace(cfg, track=spec, max_steps=_max_steps(cfg, length, laps)))
-            obs, info = env.reset(seed=seed + index)
-            active.append(_Drive(index, spec, env, obs, target_m=laps * length))
-            if video is not None and index == video["index"]:
-                recorder = _Video(Path(video["path"]), video["max_frames"], driver.name,
-                                  env.metadata["render_fps"], index, info)
-        steering = driver.steer([d.env for d in active], [d.obs for d in active])
-        still: list[_Drive] = []
-        for d, a in zip(active, steering):
-            filming = recorder is not None and recorder.owner == d.index
-            if filming:
-                sal = None
-                if video.get("saliency") and isinstance(driver, PolicyDriver):
-                    from .saliency import saliency_overlay
-                    sal = saliency_overlay(driver.policy, d.obs)
-                recorder.add(d.env, float(a), expert.steering(d.env), sal)
-            d.obs, _, terminated, truncated, info = d.env.step(np.array([a], dtype=np.float32))
-            d.add(info)
-            if filming:
-                recorder.info = info
-                recorder.done = recorder.done or info["lap_completed"]
-            if terminated or truncated:
-                result = d.result(laps, keep_trajectory)
-                if filming:
-                    result["video"] = recorder.close()
-                    recorder = None
-                results.append(result)
-                d.env.close()
-                if report:
-                    report(d.target_m - d.reported_m, result)
-                continue
-            still.append(d)
-            gained = min(max(info["progress_m"], 0.0), d.target_m) - d.reported_m
-            if report and gained > 0:
-                d.reported_m += gained
-                report(gained, None)
-        active = still
-    return results
+    """Drive every (index, spec) job with the shared loop (agent/drive.py) and return one result per
+    drive (metrics, and the trajectory or video when asked). `report(metres, done_result)` is called
+    as the drives progress."""
+    hooks = _EvalHooks(driver, laps, keep_trajectory, video, report)
+    drive_jobs(driver, jobs, cfg, laps, seed, batch=batch, hooks=[hooks])
+    return hooks.results
 
 
 def _worker(driver, jobs, cfg, laps, seed, batch, video, keep_trajectory, queue) -> None:

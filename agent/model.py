@@ -162,10 +162,14 @@ class Policy:
                             f"steps at dt={theirs.car.dt} s")
 
     @torch.inference_mode()
+    def act_batch(self, frames: np.ndarray) -> np.ndarray:
+        """Actions (N, outputs) in [-1, 1] for uint8 frames (N, H, W, 3): steering first."""
+        x = torch.from_numpy(preprocess(frames)).to(self.device)
+        return self.model(x).float().cpu().numpy()
+
     def steer_batch(self, frames: np.ndarray) -> np.ndarray:
         """Steering in [-1, 1] for uint8 frames (N, H, W, 3)."""
-        x = torch.from_numpy(preprocess(frames)).to(self.device)
-        return self.model(x)[:, 0].float().cpu().numpy()
+        return self.act_batch(frames)[:, 0]
 
     def steer(self, frame: np.ndarray) -> float:
         """Steering in [-1, 1] for one uint8 frame (H, W, 3)."""

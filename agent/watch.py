@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.env import DriveEnv, EnvConfig
+from sim.env import EnvConfig
 from sim.errors import UserError
 from sim.expert import Expert
 from sim.progress import table
-from sim.track import load_track, parse_spec
+from sim.track import parse_spec
+from sim.viewer import Hud, KeyboardSteering, WindowSession, is_key_down, run_window
 
 from .metrics import autonomy_pct
 from .model import single_thread_inference
@@ -102,6 +103,69 @@ def saliency_overlay(policy) -> Callable[[np.ndarray], np.ndarray]:
     return lambda frame: saliency.saliency_overlay(policy, frame)
 
 
+class _WatchSession(WindowSession):
+    """`watch` in the window loop: the policy drives; T, Space or a steering key hands the wheel to
+    the person, T gives it back."""
+
+    speeds = SPEEDS
+
+    def __init__(self, policy, hud, on_step, saliency):
+        self.policy, self.hud, self.on_step, self.saliency = policy, hud, on_step, saliency
+        self.result = WatchResult()
+        self.expert = Expert()
+        self.run: TrackRun | None = None
+
+    def open(self, env, viewer) -> None:
+        self.env = env
+        self.keys = KeyboardSteering(env.unwrapped.cfg.car.dt)
+
+    def begin(self, spec: str, obs: np.ndarray, info: dict) -> None:
+        self.run = TrackRun(track=spec)
+        self.keys.reset()
+        self.hud.person_driving = False
+
+    def handle(self, event, command: str | None) -> None:
+        hud, run = self.hud, self.run
+        if command == "takeover":
+            hud.person_driving = not hud.person_driving
+            run.takeovers += hud.person_driving
+        elif self.keys.handle(event) and is_key_down(event) and not hud.person_driving \
+                and self.keys.held & {"left", "right"}:
+            hud.person_driving = True  # steering takes over too
+            run.takeovers += 1
+
+    def act(self, obs: np.ndarray, info: dict) -> np.ndarray:
+        hud = self.hud
+        hud.policy_steering = float(self.policy.steer(obs))
+        hud.expert_steering = float(self.expert.steering(self.env))
+        if hud.person_driving:
+            steer = self.keys.update()
+            self.run.person_steps += 1
+        else:
+            steer = self.keys.value = hud.policy_steering  # a takeover starts where the wheel is
+        hud.steering = steer
+        return np.array([steer], np.float32)
+
+    def stepped(self, obs: np.ndarray, info: dict) -> None:
+        hud = self.hud
+        self.result.steps += 1
+        if info["lap_completed"]:
+            self.run.lap_times.append(info["last_lap_time"])
+        if self.on_step is not None:
+            self.on_step({"person": hud.person_driving, "steering": hud.steering, "policy": hud.policy_steering,
+                          "expert": hud.expert_steering, "info": info})
+
+    def frame(self, obs: np.ndarray, info: dict) -> None:
+        run = self.run
+        run.seconds, run.laps, run.off_track = info["time"], info["lap"], info["off_track_count"]
+        self.hud.interventions = run.interventions
+        self.hud.inset_overlay = self.saliency(obs) if self.saliency is not None else None
+
+    def end(self, outcome: str, info: dict) -> None:
+        if self.run.seconds > 0:
+            self.result.runs.append(self.run)
+
+
 def watch(cfg: EnvConfig, policy, *, realtime: bool = True, clock=None,
           event_source: Callable[[], list] | None = None,
           person: Callable[[np.ndarray, dict], None] | None = None,
@@ -112,100 +176,14 @@ def watch(cfg: EnvConfig, policy, *, realtime: bool = True, clock=None,
 
     `person(obs, info)` runs before each window frame's events are read; `on_step(row)` sees every
     env step (who drove, the commands, the info). `max_steps` bounds the session (tests)."""
-    import pygame
-
-    from sim.viewer import DriveViewer, Hud, KeyboardSteering, RealTimeClock, command_for
-
-    specs = parse_spec(cfg.track)
-    load_track(specs[0])
-    if cfg.off_track == "terminate":
-        cfg = replace(cfg, off_track="recover")
-    env = DriveEnv(config=cfg)
-    fps = env.metadata["render_fps"]
-    viewer = DriveViewer("E2E Drive - watch", event_source=event_source)
-    if realtime and clock is None:
-        clock = RealTimeClock()
-    keys = KeyboardSteering(cfg.car.dt)
-    expert = Expert()
-    result = WatchResult()
     hud = Hud(mode="watch", input_name="keyboard", laps_target=cfg.laps, person_driving=False,
               speedup=speedup if speedup in SPEEDS else 1)
-    track_i = 0
+    session = _WatchSession(policy, hud, on_step, saliency)
     with single_thread_inference():
-        try:
-            while track_i < len(specs) and not result.quit:
-                obs, info = env.reset(seed=track_i, options={"track": specs[track_i]})
-                run = TrackRun(track=specs[track_i])
-                keys.reset()
-                hud.person_driving, hud.paused = False, False
-                outcome = "done"
-                while outcome == "done":
-                    if person is not None:
-                        person(obs, info)
-                    command = None
-                    for event in viewer.events():
-                        c = command_for(event)
-                        if c in ("quit", "restart"):
-                            command = c
-                        elif c == "pause":
-                            hud.paused = not hud.paused
-                        elif c == "takeover":
-                            hud.person_driving = not hud.person_driving
-                            run.takeovers += hud.person_driving
-                        elif c in ("faster", "slower"):
-                            i = SPEEDS.index(hud.speedup) + (1 if c == "faster" else -1)
-                            hud.speedup = SPEEDS[min(max(i, 0), len(SPEEDS) - 1)]
-                        elif keys.handle(event) and event.type == pygame.KEYDOWN and not hud.person_driving \
-                                and keys.held & {"left", "right"}:
-                            hud.person_driving = True  # steering takes over too
-                            run.takeovers += 1
-                    if command is not None:
-                        outcome = command
-                        break
-                    if hud.paused:
-                        viewer.draw(env, info, obs, hud)
-                        if clock is not None:
-                            clock.tick(fps)
-                        continue
-                    for _ in range(hud.speedup):
-                        hud.policy_steering = float(policy.steer(obs))
-                        hud.expert_steering = float(expert.steering(env))
-                        if hud.person_driving:
-                            steer = keys.update()
-                            run.person_steps += 1
-                        else:
-                            steer = keys.value = hud.policy_steering  # a takeover starts where the wheel is
-                        obs, _, terminated, truncated, info = env.step(np.array([steer], np.float32))
-                        result.steps += 1
-                        hud.steering = steer
-                        if info["lap_completed"]:
-                            run.lap_times.append(info["last_lap_time"])
-                        if on_step is not None:
-                            on_step({"person": hud.person_driving, "steering": steer,
-                                     "policy": hud.policy_steering, "expert": hud.expert_steering, "info": info})
-                        if terminated or truncated:
-                            outcome = "next"
-                            break
-                        if max_steps is not None and result.steps >= max_steps:
-                            outcome = "quit"
-                            break
-                    run.seconds, run.laps, run.off_track = info["time"], info["lap"], info["off_track_count"]
-                    hud.interventions = run.interventions
-                    hud.inset_overlay = saliency(obs) if saliency is not None else None
-                    if not getattr(clock, "behind", False):  # behind real time: skip a draw, keep 20 Hz
-                        viewer.draw(env, info, obs, hud)
-                    if clock is not None and outcome == "done":
-                        clock.tick(fps)
-                if run.seconds > 0:
-                    result.runs.append(run)
-                if outcome == "quit":
-                    result.quit = True
-                elif outcome == "next":
-                    track_i += 1
-        finally:
-            viewer.close()
-            env.close()
-    return result
+        session.result.quit = run_window(cfg, session, hud, title="E2E Drive - watch", realtime=realtime,
+                                         clock=clock, event_source=event_source, person=person,
+                                         max_steps=max_steps)
+    return session.result
 
 
 def print_summary(result: WatchResult, model: Path) -> None:

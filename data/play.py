@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.env import DriveEnv, EnvConfig
+from sim.env import EnvConfig
 from sim.errors import UserError
 from sim.progress import table
 from sim.render import camera_from_name
 from sim.track import load_track, parse_spec
+from sim.viewer import Hud, WindowSession, make_input, run_window
 
 EXAMPLES = """examples:
   python run_drive.py play --track procedural:3 --out data/drives/me
@@ -112,6 +113,80 @@ def drive_folder(out: Path, track_name: str) -> Path:
     return folder
 
 
+class _PlaySession(WindowSession):
+    """`play` in the window loop: the person steers (or, with a policy, takes over by steering) and
+    every drive is recorded."""
+
+    speeds = (1,)
+
+    def __init__(self, cfg: EnvConfig, out: Path, input_name: str, policy, hud, on_record):
+        self.cfg, self.out, self.input_name, self.policy, self.hud = cfg, out, input_name, policy, hud
+        self.on_record = on_record
+        self.result = PlayResult()
+        self.writer = None
+        self.was_person = False
+
+    def open(self, env, viewer) -> None:
+        self.env = env
+        try:
+            self.control = make_input(self.input_name, self.cfg.car.dt, viewer.world_px)
+        except ValueError as e:
+            raise UserError(f"--input: {e}") from None
+        self.hud.input_name = self.control.kind
+
+    def begin(self, spec: str, obs: np.ndarray, info: dict) -> None:
+        from data.recording import DriveWriter
+        policy = self.policy
+        self.control.reset()
+        meta = {"source": "assist" if policy is not None else self.control.kind,
+                "driver": {"input": self.control.kind, "person": True,
+                           **({"policy": str(getattr(policy, "folder", ""))} if policy is not None else {})},
+                "track": spec, "env": replace(self.cfg, track=spec).to_dict()}
+        self.writer = DriveWriter(drive_folder(self.out, self.env.unwrapped.track.name), meta)
+        self.was_person = False
+
+    def handle(self, event, command: str | None) -> None:
+        self.control.handle(event)
+
+    def act(self, obs: np.ndarray, info: dict) -> np.ndarray:
+        hud, control, policy = self.hud, self.control, self.policy
+        if policy is not None:
+            hud.policy_steering = float(policy.steer(obs))
+        hud.person_driving = policy is None or control.touched
+        if hud.person_driving:
+            steer = float(control.update())
+        else:
+            steer = hud.policy_steering
+            if control.kind == "keyboard":
+                control.value = steer  # a takeover starts from the wheel's position
+        throttle = float(control.throttle()) if self.cfg.throttle else None
+        if policy is not None and hud.person_driving and not self.was_person:
+            self.result.takeovers += 1
+        self.was_person = hud.person_driving
+        if hud.person_driving:
+            self.writer.add(obs, steer, info, throttle=throttle, executed_steering=steer,
+                            correction=policy is not None)
+            if self.on_record is not None:
+                self.on_record(obs, steer, info, policy is not None)
+        hud.steering, hud.throttle = steer, throttle
+        return np.array([steer] + ([throttle] if self.cfg.throttle else []), np.float32)
+
+    def stepped(self, obs: np.ndarray, info: dict) -> None:
+        self.hud.interventions = self.result.takeovers + info["off_track_count"]
+        self.hud.drives_saved = len(self.result.drives)
+
+    def end(self, outcome: str, info: dict) -> None:
+        writer, result = self.writer, self.result
+        writer.close()
+        result.off_track += info["off_track_count"]
+        result.laps += info["lap"]
+        if len(writer) == 0:  # nothing driven (e.g. Esc at once): leave no empty drive behind
+            shutil.rmtree(writer.folder, ignore_errors=True)
+        else:
+            result.drives.append(writer.folder)
+            result.frames += len(writer)
+
+
 def play(cfg: EnvConfig, out: Path, *, input_name: str = "keyboard", policy=None, realtime: bool = True,
          clock=None, event_source: Callable[[], list] | None = None,
          person: Callable[[np.ndarray, dict], None] | None = None,
@@ -122,119 +197,25 @@ def play(cfg: EnvConfig, out: Path, *, input_name: str = "keyboard", policy=None
     `policy` (anything with `.steer(frame)`) turns on assist mode. `max_steps` bounds the whole session
     (tests); `clock` is anything with `.tick(fps)`.
     """
-    from data.recording import DriveWriter
-    from sim.viewer import DriveViewer, Hud, RealTimeClock, command_for, make_input
-
-    specs = parse_spec(cfg.track)
-    load_track(specs[0])  # a bad track fails here, before the window opens
+    load_track(parse_spec(cfg.track)[0])  # a bad track fails before the folder is made
     check_out_dir(out)
-    if cfg.off_track == "terminate":
-        cfg = replace(cfg, off_track="recover")
-    env = DriveEnv(config=cfg)
-    fps = env.metadata["render_fps"]
     mode = "assist" if policy is not None else "play"
-    viewer = DriveViewer(f"E2E Drive - {mode}", event_source=event_source)
-    if realtime and clock is None:
-        clock = RealTimeClock()
-    try:
-        control = make_input(input_name, cfg.car.dt, viewer.world_px)
-    except ValueError as e:
-        viewer.close()
-        raise UserError(f"--input: {e}") from None
-    result = PlayResult()
-    hud = Hud(mode=mode, recording=True, input_name=control.kind, laps_target=cfg.laps,
-              person_driving=policy is None)
-    steps = 0
-    track_i = 0
+    hud = Hud(mode=mode, recording=True, laps_target=cfg.laps, person_driving=policy is None)
+    session = _PlaySession(cfg, out, input_name, policy, hud, on_record)
     threads = nullcontext()
     if policy is not None:
         from agent.model import single_thread_inference
         threads = single_thread_inference()
     with threads:
         try:
-            while track_i < len(specs) and not result.quit:
-                obs, info = env.reset(seed=track_i, options={"track": specs[track_i]})
-                control.reset()
-                meta = {"source": "assist" if policy is not None else control.kind,
-                        "driver": {"input": control.kind, "person": True,
-                                   **({"policy": str(getattr(policy, "folder", ""))} if policy is not None else {})},
-                        "track": specs[track_i], "env": replace(cfg, track=specs[track_i]).to_dict()}
-                writer = DriveWriter(drive_folder(out, env.unwrapped.track.name), meta)
-                hud.paused, was_person = False, False
-                outcome = "done"
-                while True:
-                    if person is not None:
-                        person(obs, info)
-                    command = None
-                    for event in viewer.events():
-                        c = command_for(event)
-                        if c in ("quit", "restart"):
-                            command = c
-                        elif c == "pause":
-                            hud.paused = not hud.paused
-                        else:
-                            control.handle(event)
-                    if command == "quit":
-                        result.quit = True
-                        outcome = "quit"
-                        break
-                    if command == "restart":
-                        outcome = "restart"
-                        break
-                    if hud.paused:
-                        viewer.draw(env, info, obs, hud)
-                        if clock is not None:
-                            clock.tick(fps)
-                        continue
-
-                    if policy is not None:
-                        hud.policy_steering = float(policy.steer(obs))
-                    hud.person_driving = policy is None or control.touched
-                    if hud.person_driving:
-                        steer = float(control.update())
-                    else:
-                        steer = hud.policy_steering
-                        if control.kind == "keyboard":
-                            control.value = steer  # a takeover starts from the wheel's position
-                    throttle = float(control.throttle()) if cfg.throttle else None
-                    if policy is not None and hud.person_driving and not was_person:
-                        result.takeovers += 1
-                    was_person = hud.person_driving
-                    if hud.person_driving:
-                        writer.add(obs, steer, info, throttle=throttle, executed_steering=steer,
-                                   correction=policy is not None)
-                        if on_record is not None:
-                            on_record(obs, steer, info, policy is not None)
-                    action = np.array([steer] + ([throttle] if cfg.throttle else []), np.float32)
-                    obs, _, terminated, truncated, info = env.step(action)
-                    steps += 1
-                    hud.steering, hud.throttle = steer, throttle
-                    hud.interventions = result.takeovers + info["off_track_count"]
-                    hud.drives_saved = len(result.drives)
-                    if not getattr(clock, "behind", False):  # behind real time: skip a draw, keep 20 Hz
-                        viewer.draw(env, info, obs, hud)
-                    if terminated or truncated:
-                        break
-                    if max_steps is not None and steps >= max_steps:
-                        result.quit = True
-                        outcome = "quit"
-                        break
-                    if clock is not None:
-                        clock.tick(fps)
-                writer.close()
-                result.off_track += info["off_track_count"]
-                result.laps += info["lap"]
-                if len(writer) == 0:  # nothing driven (e.g. Esc at once): leave no empty drive behind
-                    shutil.rmtree(writer.folder, ignore_errors=True)
-                else:
-                    result.drives.append(writer.folder)
-                    result.frames += len(writer)
-                if outcome == "done":
-                    track_i += 1
-        finally:
-            viewer.close()
-            env.close()
-    return result
+            session.result.quit = run_window(cfg, session, hud, title=f"E2E Drive - {mode}", realtime=realtime,
+                                             clock=clock, event_source=event_source, person=person,
+                                             max_steps=max_steps)
+        except BaseException:
+            if session.writer is not None:
+                session.writer.abort()
+            raise
+    return session.result
 
 
 def print_summary(result: PlayResult, out: Path) -> None:
@@ -254,77 +235,3 @@ def print_summary(result: PlayResult, out: Path) -> None:
     print(f"saved {len(result.drives)} drive(s) under {out}: {result.frames} frames, {seconds:.1f} s of driving, "
           f"{result.laps} lap(s), {result.off_track} off-track, {total_bytes / 1e6:.2f} MB"
           + (f", {result.takeovers} takeover(s)" if result.takeovers else ""))
-
-
-# -- a scripted person, for tests and for "human-style" keyboard data ---------------------------------
-
-class ScriptedPerson:
-    """Presses and releases arrow keys from what it sees, as a person at a keyboard would.
-
-    It finds the road (grey, unsaturated pixels) in a band of rows ahead of the car in the bird's-eye
-    frame, wants a wheel position proportional to how far the road's middle lies off-centre, and
-    holds Left or Right until the wheel it feels (info["steer_angle"]) gets there. Events are posted
-    with pygame.event.post, so they travel through the real event queue of the loop."""
-
-    def __init__(self, gain: float = 2.2, tolerance: float = 0.08, max_steer_rad: float = 0.5,
-                 band: tuple[float, float] = (0.45, 0.6)):
-        self.gain, self.tolerance, self.max_steer = gain, tolerance, max_steer_rad
-        self.band = band
-        self.held: str | None = None
-
-    def wanted(self, frame: np.ndarray) -> float:
-        """The steering the road ahead asks for, from the frame alone."""
-        h, w = frame.shape[:2]
-        rows = frame[int(self.band[0] * h): int(self.band[1] * h)].astype(np.int16)
-        grey = (rows.max(-1) - rows.min(-1) < 24) & (rows.mean(-1) > 40)
-        cols = np.nonzero(grey.any(0))[0]
-        if cols.size == 0:
-            return 0.0
-        # the stretch of road columns nearest the middle (another bend of the track may also show)
-        runs = np.split(cols, np.nonzero(np.diff(cols) > 2)[0] + 1)
-        mid = (w - 1) / 2.0
-        run = min(runs, key=lambda r: 0 if r[0] <= mid <= r[-1] else min(abs(r[0] - mid), abs(r[-1] - mid)))
-        centre = (run[0] + run[-1]) / 2.0
-        return float(np.clip(self.gain * (centre - mid) / mid, -1.0, 1.0))
-
-    def keys(self, frame: np.ndarray, info: dict) -> str | None:
-        """Which arrow to hold now: "left", "right" or None."""
-        wheel = -float(info.get("steer_angle", 0.0)) / self.max_steer  # as a steering command
-        want = self.wanted(frame)
-        if want < wheel - self.tolerance:
-            return "left"
-        if want > wheel + self.tolerance:
-            return "right"
-        return None
-
-    def __call__(self, frame: np.ndarray, info: dict) -> None:
-        import pygame
-        if info.get("time", 0.0) == 0.0:
-            self.held = None  # a new drive: the loop has released every key
-        key = self.keys(frame, info)
-        if key == self.held:
-            return
-        code = {"left": pygame.K_LEFT, "right": pygame.K_RIGHT}
-        if self.held is not None:
-            pygame.event.post(pygame.event.Event(pygame.KEYUP, key=code[self.held]))
-        if key is not None:
-            pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=code[key]))
-        self.held = key
-
-
-def scripted_keyboard_drive(track: str, out: str | os.PathLike, laps: int = 1,
-                            camera: str = "birdseye", on_record=None, max_steps: int | None = None) -> PlayResult:
-    """Keyboard drives by the scripted person through the real play loop, headless and as fast as the
-    CPU allows: human-style data (smooth key ramps, some weaving) without a human. Each track of the
-    SPEC is driven for `laps` laps; one drive folder per track under `out`."""
-    if laps < 1:
-        raise UserError(f"laps {laps}: must be at least 1")
-    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-    cam = camera_from_name(camera)
-    if cam.kind != "birdseye":
-        raise UserError(f"camera {camera!r}: the scripted person reads the road from bird's-eye frames only")
-    cfg = EnvConfig(track=track, camera=cam, laps=laps, off_track="recover", max_steps=HOUR_STEPS)
-    person = ScriptedPerson(max_steer_rad=cfg.car.max_steer_rad)
-    return play(cfg, Path(out), input_name="keyboard", realtime=False, person=person, on_record=on_record,
-                max_steps=max_steps)

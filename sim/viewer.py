@@ -3,7 +3,8 @@
 `ImageWindow` shows pictures (env `render_mode="human"`). `DriveViewer` is the driving window of
 `play` and `watch`: the world around the car, the network's camera frame as an inset, a HUD. The
 steering inputs (keyboard, mouse, gamepad) are small classes with a pure `step` so tests can drive
-them without a person; the loops that use them live in `data/play.py` and `agent/watch.py`.
+them without a person. `run_window` is the one window loop: `play` (data/play.py) and `watch`
+(agent/watch.py) each give it a `WindowSession` that chooses the actions and keeps the score.
 """
 
 from __future__ import annotations
@@ -486,3 +487,120 @@ def _clock(seconds: float) -> str:
 
 def _short(text: str, n: int) -> str:
     return text if len(text) <= n else "..." + text[-(n - 3):]
+
+
+# -- the window loop of `play` and `watch` ----------------------------------------------------------
+
+class WindowSession:
+    """What a command does inside `run_window`; override what it needs (all do nothing here).
+
+    The loop owns the window, the env, the clock and the keys every window shares (Esc quit, P pause,
+    R restart, +/- speed where `speeds` has more than one); the session chooses each action and
+    keeps its own score."""
+
+    speeds: tuple[int, ...] = (1,)  # the speed-ups +/- step through (watch: 1x..8x)
+
+    def open(self, env, viewer: DriveViewer) -> None:
+        """The window and env exist (e.g. size a mouse input from the window)."""
+
+    def begin(self, spec: str, obs: np.ndarray, info: dict) -> None:
+        """A drive of track `spec` starts (after each reset, also after R)."""
+
+    def handle(self, event: pygame.event.Event, command: str | None) -> None:
+        """An event the loop does not handle itself (steering keys, T takeover...)."""
+
+    def act(self, obs: np.ndarray, info: dict) -> np.ndarray:
+        """The action for this step; `obs` is what the car's camera sees now."""
+        raise NotImplementedError
+
+    def stepped(self, obs: np.ndarray, info: dict) -> None:
+        """The env stepped."""
+
+    def frame(self, obs: np.ndarray, info: dict) -> None:
+        """Once per window frame, before it is drawn."""
+
+    def end(self, outcome: str, info: dict) -> None:
+        """The drive ended: "next" (laps done or out of steps), "restart" (R) or "quit" (Esc, window
+        closed, or `max_steps`)."""
+
+
+def run_window(cfg, session: WindowSession, hud: Hud, *, title: str, realtime: bool = True, clock=None,
+               event_source: Callable[[], list] | None = None,
+               person: Callable[[np.ndarray, dict], None] | None = None,
+               max_steps: int | None = None) -> bool:
+    """Drive the tracks of `cfg.track` one after another in a window with `session` at the wheel.
+
+    Off-track puts the car back (a person needs no restart). `person(obs, info)` runs before each
+    window frame's events are read (tests post real key events there); `clock` is anything with
+    `.tick(fps)` (`realtime=False` and no clock: as fast as the CPU goes); `max_steps` bounds the
+    session (tests). Returns True when the person quit before the last track was done."""
+    from dataclasses import replace
+
+    from .env import DriveEnv
+    from .track import load_track, parse_spec
+
+    specs = parse_spec(cfg.track)
+    load_track(specs[0])  # a bad track fails here, before the window opens
+    if cfg.off_track == "terminate":
+        cfg = replace(cfg, off_track="recover")
+    env = DriveEnv(config=cfg)
+    fps = env.metadata["render_fps"]
+    viewer = DriveViewer(title, event_source=event_source)
+    if realtime and clock is None:
+        clock = RealTimeClock()
+    steps, track_i, outcome = 0, 0, "next"
+    try:
+        session.open(env, viewer)
+        while track_i < len(specs) and outcome != "quit":
+            obs, info = env.reset(seed=track_i, options={"track": specs[track_i]})
+            hud.paused = False
+            session.begin(specs[track_i], obs, info)
+            outcome = None
+            while outcome is None:
+                if person is not None:
+                    person(obs, info)
+                for event in viewer.events():
+                    command = command_for(event)
+                    if command in ("quit", "restart"):
+                        outcome = command
+                    elif command == "pause":
+                        hud.paused = not hud.paused
+                    elif command in ("faster", "slower") and len(session.speeds) > 1:
+                        i = session.speeds.index(hud.speedup) + (1 if command == "faster" else -1)
+                        hud.speedup = session.speeds[min(max(i, 0), len(session.speeds) - 1)]
+                    else:
+                        session.handle(event, command)
+                if outcome is not None:
+                    break
+                if hud.paused:
+                    viewer.draw(env, info, obs, hud)
+                    if clock is not None:
+                        clock.tick(fps)
+                    continue
+                for _ in range(hud.speedup):
+                    obs, _, terminated, truncated, info = env.step(session.act(obs, info))
+                    steps += 1
+                    session.stepped(obs, info)
+                    if terminated or truncated:
+                        outcome = "next"
+                        break
+                    if max_steps is not None and steps >= max_steps:
+                        outcome = "quit"
+                        break
+                session.frame(obs, info)
+                if not getattr(clock, "behind", False):  # behind real time: skip a draw, keep 20 Hz
+                    viewer.draw(env, info, obs, hud)
+                if clock is not None and outcome is None:
+                    clock.tick(fps)
+            session.end(outcome, info)
+            if outcome == "next":
+                track_i += 1
+    finally:
+        viewer.close()
+        env.close()
+    return outcome == "quit"
+
+
+def is_key_down(event: pygame.event.Event) -> bool:
+    """A key went down (steering keys pressed, not released)."""
+    return event.type == pygame.KEYDOWN

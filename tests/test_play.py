@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pygame
 import pytest
+from scripted_person import ScriptedPerson, scripted_keyboard_drive
 
-from data.play import ScriptedPerson, play, scripted_keyboard_drive
+from data.play import play
 from data.recording import STATE_KEYS, find_drives, read_drive
 from sim import EnvConfig
 from sim.viewer import GamepadSteering, KeyboardSteering, MouseSteering

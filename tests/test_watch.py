@@ -10,10 +10,10 @@ import numpy as np
 import pygame
 import pytest
 import torch
+from scripted_person import ScriptedPerson
 
 from agent.model import build_model, load_policy, save_policy
 from agent.watch import watch
-from data.play import ScriptedPerson
 from sim import EnvConfig
 
 ROOT = Path(__file__).resolve().parents[1]
