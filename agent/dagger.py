@@ -43,7 +43,7 @@ import numpy as np
 from data.recording import DriveWriter, find_drives, read_meta, unique_drive_name
 from sim.env import EnvConfig
 from sim.errors import UserError
-from sim.expert import Expert
+from sim.expert import expert_for
 from sim.files import atomic_savefig
 from sim.progress import Progress, table
 from sim.render import N_LABELS
@@ -102,7 +102,7 @@ class _DaggerRecorder(DriveHooks):
                  on_frames=None):
         self.policy, self.out, self.beta, self.iteration, self.seed = policy, out, beta, iteration, seed
         self.names, self.on_frames = names, on_frames
-        self.expert = Expert()
+        self.expert = expert_for(policy.env_config().task)
         self.writers: dict[int, DriveWriter] = {}
         self.rows: list[dict] = []
 

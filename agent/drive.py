@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from sim.env import DriveEnv, EnvConfig
-from sim.expert import Expert
+from sim.expert import expert_for
 from sim.track import load_track
 
 
@@ -43,14 +43,22 @@ class ExpertDriver:
 
     name = "expert"
 
-    def __init__(self):
-        self.expert = Expert()
+    def __init__(self, task: str = "lane"):
+        self.task = task
+        self.experts: dict[str, object] = {}
+
+    def expert(self, env):
+        """The autopilot of the env's task (one per task, so a race expert keeps its speed profiles)."""
+        task = env.unwrapped.cfg.task
+        if task not in self.experts:
+            self.experts[task] = expert_for(task)
+        return self.experts[task]
 
     def describe(self) -> dict:
         return {"kind": "expert", "name": "pure pursuit on the centerline (sim.expert.Expert)"}
 
     def env_config(self) -> EnvConfig:
-        return EnvConfig()
+        return EnvConfig(task=self.task)
 
     def can_spawn(self) -> bool:
         return True
@@ -62,7 +70,7 @@ class ExpertDriver:
         return contextlib.nullcontext()
 
     def act(self, envs: list, frames: list[np.ndarray]) -> np.ndarray:
-        return np.stack([self.expert.act(e) for e in envs])
+        return np.stack([self.expert(e).act(e) for e in envs])
 
 
 class PolicyDriver:
@@ -121,7 +129,7 @@ class BlendDriver:
 
     def __init__(self, policy, beta: float):
         self.policy, self.beta = policy, float(beta)
-        self.expert = Expert()
+        self.expert = expert_for(policy.env_config().task)
 
     def act(self, envs: list, frames: list[np.ndarray]) -> np.ndarray:
         mine = safe_actions(self.policy.act_batch(np.stack(frames)), len(envs))

@@ -29,7 +29,6 @@ import numpy as np
 
 from sim.env import EnvConfig
 from sim.errors import UserError
-from sim.expert import Expert
 from sim.files import atomic_savefig, atomic_write_text
 from sim.progress import Progress, table
 from sim.track import load_track, parse_spec
@@ -143,7 +142,7 @@ class _EvalHooks(DriveHooks):
         self.results: list[dict] = []
         self.reported_m: dict[int, float] = {}
         self.recorder: _Video | None = None
-        self.expert = Expert()
+        self.experts = ExpertDriver()
 
     def _filming(self, d: Drive) -> bool:
         return self.recorder is not None and self.recorder.owner == d.index
@@ -160,7 +159,7 @@ class _EvalHooks(DriveHooks):
             if self.video.get("saliency") and isinstance(self.driver, PolicyDriver):
                 from .saliency import saliency_overlay
                 sal = saliency_overlay(self.driver.policy, d.obs)
-            self.recorder.add(d.env, float(action[0]), self.expert.steering(d.env), sal)
+            self.recorder.add(d.env, float(action[0]), self.experts.expert(d.env).steering(d.env), sal)
 
     def after_step(self, d: Drive, action: np.ndarray) -> None:
         if self._filming(d):

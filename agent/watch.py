@@ -18,7 +18,7 @@ import numpy as np
 
 from sim.env import EnvConfig
 from sim.errors import UserError
-from sim.expert import Expert
+from sim.expert import expert_for
 from sim.progress import table
 from sim.track import parse_spec
 from sim.viewer import Hud, KeyboardSteering, WindowSession, is_key_down, run_window
@@ -112,11 +112,11 @@ class _WatchSession(WindowSession):
     def __init__(self, policy, hud, on_step, saliency):
         self.policy, self.hud, self.on_step, self.saliency = policy, hud, on_step, saliency
         self.result = WatchResult()
-        self.expert = Expert()
         self.run: TrackRun | None = None
 
     def open(self, env, viewer) -> None:
         self.env = env
+        self.expert = expert_for(env.unwrapped.cfg.task)
         self.keys = KeyboardSteering(env.unwrapped.cfg.car.dt)
 
     def begin(self, spec: str, obs: np.ndarray, info: dict) -> None:
