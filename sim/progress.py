@@ -52,19 +52,16 @@ class Progress:
         self.close()
 
     def update(self, n: float = 1, **fields: object) -> None:
-        self._set_fields(fields)
-        self._bar.update(n)
-        self._log_line()
+        self.set(self._bar.n + n, **fields)
 
     def set(self, done: float, **fields: object) -> None:
-        self._set_fields(fields)
-        self._bar.update(done - self._bar.n)
-        self._log_line()
-
-    def _set_fields(self, fields: dict[str, object]) -> None:
         if fields:
             self.fields.update(fields)
             self._bar.set_postfix(self.fields, refresh=False)
+        if self._bar.total and done > self._bar.total:
+            self._bar.total = done  # the total was an estimate (frames of a lap): the work is bigger
+        self._bar.update(done - self._bar.n)
+        self._log_line()
 
     def _log_line(self, final: bool = False) -> None:
         if self._tty:
