@@ -31,7 +31,7 @@ def add_arguments(p) -> None:
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     p.add_argument("--skip-training", action="store_true", help="skip the torch measurements")
     p.add_argument("--camera", default="birdseye", help="camera preset for E2EDrive-v0 (default birdseye)")
-    p.add_argument("--device", default="auto", help="device for the training measurement: auto, cpu, cuda")
+    p.add_argument("--device", default="auto", help="device for the training measurement: auto, cpu, cuda, cuda:N")
 
 
 def _steps_per_second(env, seconds: float, seed: int = 0) -> float:
@@ -118,8 +118,9 @@ def bench_torch(seconds: float, camera: str, device: str) -> dict:
     from sim import camera_from_name
 
     cam = camera_from_name(camera)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    from agent.train import pick_device
+
+    dev = pick_device(device)
     res: dict = {"device": str(dev)}
     try:
         from agent.train import TrainConfig
@@ -174,6 +175,13 @@ def main(args) -> int:
         raise UserError(f"--seconds must be positive, got {args.seconds}")
     if args.rounds < 1:
         raise UserError(f"--rounds must be at least 1, got {args.rounds}")
+    if not args.skip_training:
+        try:
+            from agent.train import pick_device
+        except ImportError:
+            pass  # no torch: the training figures are skipped with a note
+        else:
+            pick_device(args.device)  # a bad --device fails now, not after the simulator rounds
     from sim import camera_from_name
     try:
         camera_from_name(args.camera)

@@ -130,6 +130,7 @@ def test_bad_flags(bad, tmp_path):
     assert_one_clear_line(run_cli("train", "--data", str(bad["drives"]), "--out", str(tmp_path / "m"),
                                   "--device", "tpu"), "--device")
     assert_one_clear_line(run_cli("eval", "--expert", "--tracks", "procedural:1", "--laps", "-3"), "--laps")
+    assert_one_clear_line(run_cli("bench", "--device", "tpu"), "--device tpu")
 
 
 def test_bad_drive_folders(bad, tmp_path):
