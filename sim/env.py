@@ -37,8 +37,10 @@ class EnvConfig:
     randomise_palette: bool = False  # new colours every episode (domain randomisation)
     laps: int | None = 1  # episode ends (truncated) after this many laps; None for no limit
     max_steps: int = 20000  # truncation limit
-    off_track: str = "terminate"  # or "recover": put the car back on the centerline and go on
-    off_track_margin_m: float = 0.5  # car centre this far past the edge counts as off track
+    # Leaving the road: "terminate" ends the episode; "recover" puts the car back on the centerline
+    # and goes on (an intervention); "continue" lets it drive on the grass (-10 reward each step off).
+    off_track: str = "terminate"
+    off_track_margin_m: float = 0.5  # the rear-axle centre (the car's pose) this far past the edge is off track
     random_start: bool = False  # start at a random point of the lap instead of the start line
     task: str = "lane"  # "lane": steer at cruise speed; "race": steer and throttle a car with grip
     race_car: RaceCarConfig = field(default_factory=RaceCarConfig)  # the car of the race task
@@ -126,6 +128,7 @@ class DriveEnv(gym.Env):
         self.last_lap_time = 0.0  # no lap finished yet (NaN would break equality checks)
         self.lap_clean = True
         self.off_track_count = 0
+        self._off_road = False
         self.proj = track.project(self.car.x, self.car.y, self.car.yaw)
         self._last_action = np.zeros(self.action_space.shape, np.float32)
         obs = self._observe()
@@ -160,7 +163,8 @@ class DriveEnv(gym.Env):
         terminated = False
         intervention = False
         if off:
-            self.off_track_count += 1
+            if not self._off_road:
+                self.off_track_count += 1  # one per time the car leaves the road, in every mode
             self.lap_clean = False
             reward -= 10.0
             if self.cfg.off_track == "terminate":
@@ -168,6 +172,7 @@ class DriveEnv(gym.Env):
             elif self.cfg.off_track == "recover":
                 self.place_on_centerline(self.proj.s)
                 intervention = True
+        self._off_road = off and self.cfg.off_track == "continue"  # "recover" put it back on the road
 
         lap_completed = False
         if self.progress >= (self.laps_completed + 1) * track.length:

@@ -134,7 +134,7 @@ def test_reward_terminate_and_info():
         total += 1
         if term:
             break
-    assert term and info["off_track"] and r < 0
+    assert term and info["off_track"] and r < 0 and info["off_track_count"] == 1
 
 
 def test_recover_mode_puts_car_back_and_counts():
@@ -149,6 +149,21 @@ def test_recover_mode_puts_car_back_and_counts():
             break
     assert interventions >= 2 and info["off_track_count"] == interventions
     assert abs(info["cte"]) < 10
+
+
+def test_continue_mode_counts_each_time_the_car_leaves_the_road_not_each_step_off_it():
+    env = DriveEnv(track="procedural:2", off_track="continue", laps=None, max_steps=1000)
+    env.reset(seed=0)
+    flags = []
+    for i in range(240):
+        if i == 120:  # put it back on the road once: it leaves again, a new time
+            env.unwrapped.place_on_centerline(env.unwrapped.proj.s)
+        _, r, term, trunc, info = env.step(np.ones(1, np.float32))  # full right lock, onto the grass
+        flags.append(info["off_track"])
+        assert not term and not trunc and info["intervention"] is False
+    left_road = sum(f and not prev for f, prev in zip(flags, [False] + flags[:-1]))
+    assert sum(flags) > 4 * left_road and left_road >= 2  # long spells on the grass, each counted once
+    assert info["off_track_count"] == left_road
 
 
 def test_rgb_array_render_is_larger():
