@@ -3,8 +3,8 @@
 Why chunks: a drive is written a few seconds at a time, each chunk to a temporary name and then renamed,
 so a process killed at any moment keeps every chunk it finished and a half-written chunk is never read.
 Why `np.savez_compressed` of stacked frames: it was smaller and faster than per-frame PNG on our frames
-(~620 vs ~1,150-1,480 bytes per 96x96 frame, ~4,800 vs ~2,800-4,000 frames/s), and it is lossless, so a
-drive round-trips exactly. Nothing is pickled: every array is plain numeric and read with
+(the measured figures are in data/README.md, "Size and speed"), and it is lossless, so a drive
+round-trips exactly. Nothing is pickled: every array is plain numeric and read with
 `allow_pickle=False`.
 
 Layout of a drive folder::
