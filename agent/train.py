@@ -35,6 +35,8 @@ from .dataset import (
     NO_AUGMENT,
     AugmentConfig,
     BalancedSampler,
+    DriveData,
+    DriveSet,
     FrameDataset,
     balance_weights,
     collate,
@@ -85,6 +87,9 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
+    """What a run did. `model` is the network as the last step left it (on every rank); the saved
+    policy in `out` holds the best epoch's weights."""
+
     out: Path
     epochs: float
     steps: int
@@ -93,6 +98,7 @@ class TrainResult:
     minutes: float
     frames_per_s: float
     device: str
+    model: torch.nn.Module | None = field(default=None, repr=False)
 
 
 # -- small helpers ---------------------------------------------------------------------------------
@@ -251,15 +257,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-# -- distributed -----------------------------------------------------------------------------------
-def _dist_env() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) when run directly."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
+# -- warm start --------------------------------------------------------------------------------------
 def warm_start(model: torch.nn.Module, init_from: str | os.PathLike, arch: str, camera: CameraConfig) -> None:
     """Start from a trained policy's weights instead of random ones (DAgger retrains this way)."""
     from .model import load_policy
@@ -272,7 +270,7 @@ def warm_start(model: torch.nn.Module, init_from: str | os.PathLike, arch: str, 
     model.load_state_dict(policy.model.state_dict())
 
 
-# -- the run ---------------------------------------------------------------------------------------
+# -- the run: settings, ranks, data, model, loop, checkpoint, report --------------------------------
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
@@ -287,18 +285,7 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
         raise UserError(f"--out {out}: cannot create it, {out.parent} is not writable")
 
 
-def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, minutes: float | None = None,
-          epochs: int | None = None, cfg: TrainConfig = TrainConfig(), device: str = "auto",
-          resume: bool = False, overwrite: bool = False, workers: int | None = None, camera: str | None = None,
-          verbose: bool = True, init_from: str | os.PathLike | None = None, **overrides) -> TrainResult:
-    """Train a policy on the drives under `data_dir` into `out_dir` (the policy folder).
-
-    The budget is `minutes` of training (validation included, loading not) or `epochs`, both totals
-    across resumes; with neither, 10 epochs. `overrides` replace fields of `cfg` (arch=, batch=, lr=,
-    seed=, ...). With `resume`, the checkpoint's settings are used and the budget is what is left.
-    """
-    t_start = time.perf_counter()
-    cfg = replace(cfg, **overrides)
+def _check_settings(cfg: TrainConfig, minutes: float | None, epochs: int | None, workers: int | None) -> None:
     if minutes is not None and not (minutes > 0 and math.isfinite(minutes)):
         raise UserError(f"--minutes {minutes}: must be a positive number")
     if epochs is not None and epochs < 1:
@@ -313,24 +300,121 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, minutes: f
         raise UserError(f"--workers {workers}: must be >= 0")
     if cfg.smooth is not None and not (0 <= cfg.smooth < 10):
         raise UserError(f"--smooth {cfg.smooth}: must be between 0 and 10 seconds")
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a `torchrun` job (rank 0 of 1 when run directly) and its device.
+
+    Rank 0 is the one clock: each step the others take its training time (`agree`), so every rank
+    computes the same schedule position, learning rate and stop decision, and all step the same
+    number of times. No rank can decide to stop alone."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @staticmethod
+    def from_env(device: str) -> Ranks:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank, local = (int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))) if world > 1 else (0, 0)
+        dev = pick_device(device)
+        if dev.type == "cuda" and world > 1:
+            dev = torch.device("cuda", local)
+        return Ranks(rank, world, dev)
+
+    def start(self) -> None:
+        if self.world > 1:
+            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+
+    def agree(self, value: float) -> float:
+        """Rank 0's `value`, on every rank."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.broadcast(t, src=0)
+        return float(t.item())
+
+    def mean(self, value: float) -> float:
+        """The mean of `value` over the ranks."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return float(t.item()) / self.world
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def finish(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+    def __str__(self) -> str:
+        return str(self.device) + (f" x{self.world}" if self.world > 1 else "")
+
+
+def use_bf16(dev: torch.device) -> bool:
+    """bf16 autocast on GPUs that support it (Ampere and newer): faster maths, no loss scaling needed
+    (bf16 keeps float32's range). Weights, optimiser state and saved policies stay float32."""
+    return dev.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+@dataclass(frozen=True)
+class Run:
+    """The settled settings of one run: the call's, or the checkpoint's when resuming."""
+
+    cfg: TrainConfig
+    data_dir: Path
+    out: Path
+    ranks: Ranks
+    minutes: float | None
+    epochs: int | None
+    workers: int
+    threads: int
+    camera: CameraConfig | None  # the camera the drives must have; None: whatever they have
+    checkpoint: tuple[dict, dict[str, torch.Tensor]] | None
+    init_from: str | os.PathLike | None
+    verbose: bool
+
+    @property
+    def log(self):
+        """Where progress bars and warnings go: stderr on rank 0, nowhere on the others."""
+        return sys.stderr if self.verbose else io.StringIO()
+
+    def say(self, *a) -> None:
+        if self.verbose:
+            print(*a, file=sys.stdout, flush=True)
+
+
+def settle(cfg: TrainConfig, data_dir, out_dir, minutes: float | None, epochs: int | None, device: str,
+           resume: bool, overwrite: bool, workers: int | None, camera: str | None, verbose: bool,
+           init_from) -> Run:
+    """Check the settings (one `error:` line each), place this rank, and take the checkpoint's
+    settings and budget when resuming."""
+    _check_settings(cfg, minutes, epochs, workers)
     try:
         want_cam = camera_from_name(camera) if camera else None
     except ValueError as e:
         raise UserError(f"--camera {camera}: {e}") from None
-    rank, world, local_rank = _dist_env()
-    dev = pick_device(device)
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", local_rank)
-    main_rank = rank == 0
-    log = sys.stderr if (verbose and main_rank) else io.StringIO()
-    say = (lambda *a: print(*a, file=sys.stdout, flush=True)) if (verbose and main_rank) else (lambda *a: None)
+    ranks = Ranks.from_env(device)
     out = Path(out_dir)
-    if main_rank:
+    if ranks.main:
         _check_out(out, resume, overwrite)
-
     ckpt = load_checkpoint(out) if resume else None
-    if resume and ckpt is None:
-        say(f"note: no checkpoint in {out} yet; starting a new run")
+    if resume and ckpt is None and verbose and ranks.main:
+        print(f"note: no checkpoint in {out} yet; starting a new run", flush=True)
     if ckpt is not None:
         cfg = TrainConfig.from_dict(ckpt[0]["config"])
         if minutes is None and epochs is None:
@@ -342,232 +426,351 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, minutes: f
             want_cam = saved_cam
     if minutes is None and epochs is None:
         epochs = 10
-
-    # threads: all cores to the maths on CPU, shared fairly between DDP ranks and loader workers
-    if workers is None:
-        workers = min(6, max(cpu_count() - 1, 0)) if dev.type == "cuda" else 0
-    threads = max(1, cpu_count() // world - workers)
-    if dev.type == "cpu":
+    if workers is None:  # all cores to the maths on CPU, shared fairly between DDP ranks and loader workers
+        workers = min(6, max(cpu_count() - 1, 0)) if ranks.device.type == "cuda" else 0
+    threads = max(1, cpu_count() // int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world)) - workers)
+    if ranks.device.type == "cpu":
         torch.set_num_threads(threads)
+    return Run(cfg, Path(data_dir), out, ranks, minutes, epochs, workers, threads, want_cam, ckpt, init_from,
+               verbose and ranks.main)
 
-    data = load_drives(data_dir, camera=want_cam, smooth=cfg.smooth, stream=log)
-    if ckpt is None and want_cam is None:
-        # an arch must fit the frames: fail now with a clear line, not inside the first batch
-        build_model(cfg.arch, data.env.camera)
+
+@dataclass
+class TrainData:
+    """The drives, split by drive into augmented training samples and plain validation frames."""
+
+    drives: DriveSet
+    train_drives: list[DriveData]
+    val_drives: list[DriveData]
+    train_ds: FrameDataset
+    val_ds: FrameDataset | None
+    sampler: BalancedSampler
+
+
+def load_data(run: Run) -> TrainData:
+    """Read the drives, warn about skipped ones, split by drive, and set up balanced sampling (each
+    rank draws its own share of every epoch)."""
+    cfg = run.cfg
+    data = load_drives(run.data_dir, camera=run.camera, smooth=cfg.smooth, stream=run.log)
+    if run.checkpoint is None and run.camera is None:
+        build_model(cfg.arch, data.env.camera)  # an arch must fit the frames: fail now, not in the first batch
     for w in data.warnings[:5]:
-        print(f"warning: {w}", file=log)
+        print(f"warning: {w}", file=run.log)
     if len(data.warnings) > 5:
-        print(f"warning: ... and {len(data.warnings) - 5} more", file=log)
-    if main_rank:
-        try:
-            out.mkdir(exist_ok=True)
-        except OSError as e:
-            raise UserError(f"--out {out}: cannot create folder ({e.strerror})") from None
-        for stale in [*out.glob(".*.tmp"), *out.glob(".*.tmp.png")]:  # temp files of a killed run
-            stale.unlink(missing_ok=True)
+        print(f"warning: ... and {len(data.warnings) - 5} more", file=run.log)
     train_ids, val_ids = split_by_drive(len(data.drives), cfg.val_fraction, cfg.seed)
     train_drives = [data.drives[i] for i in train_ids]
     val_drives = [data.drives[i] for i in val_ids]
     train_ds = FrameDataset(train_drives, data.env, cfg.augment, seed=cfg.seed)
     val_ds = FrameDataset(val_drives, data.env, NO_AUGMENT, index=val_index(val_drives)) if val_drives else None
-    weights = balance_weights(train_ds.labels, power=cfg.balance)
-    epoch_frames = cfg.epoch_frames or len(train_ds)
-    sampler = BalancedSampler(weights, epoch_frames, seed=cfg.seed, rank=rank, world=world)
+    sampler = BalancedSampler(balance_weights(train_ds.labels, power=cfg.balance), cfg.epoch_frames or len(train_ds),
+                              seed=cfg.seed, rank=run.ranks.rank, world=run.ranks.world)
+    return TrainData(data, train_drives, val_drives, train_ds, val_ds, sampler)
 
-    if world > 1:
-        import torch.distributed as dist
 
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-    if dev.type == "cpu" and threads > 1:
-        chosen, speeds = pick_threads(cfg.arch, data.env.camera, cfg.batch, threads)
-        say(f"torch threads: {chosen} (" + ", ".join(f"{n}: {v:.0f} frames/s" for n, v in speeds.items()) + ")")
+def prepare_out(out: Path) -> None:
+    """Create the policy folder and clear the temp files a killed run may have left."""
+    try:
+        out.mkdir(exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create folder ({e.strerror})") from None
+    for stale in [*out.glob(".*.tmp"), *out.glob(".*.tmp.png")]:
+        stale.unlink(missing_ok=True)
+
+
+@dataclass
+class RunState:
+    """Where a run is: what a checkpoint saves and a resume restores (the same on every rank)."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    trained_s: float = 0.0  # training and validation time on rank 0's clock; loading and saving not
+    frames_seen: int = 0  # over all ranks
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"val_loss": float("inf"), "epoch": -1.0, "index": -1})
+
+    @staticmethod
+    def from_checkpoint(meta: dict) -> RunState:
+        return RunState(**{k: meta[k] for k in ("epoch", "batch_in_epoch", "step", "trained_s", "frames_seen",
+                                                "history", "best")})
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long to train: minutes, epochs, or both (whichever ends first); totals across resumes."""
+
+    minutes: float | None
+    epochs: int | None
+    steps_per_epoch: int
+
+    def fraction(self, s: RunState) -> float:
+        """How far through the budget `s` is: the cosine schedule's position; >= 1 means stop."""
+        done = [s.trained_s / (self.minutes * 60)] if self.minutes is not None else []
+        if self.epochs is not None:
+            done.append(s.step / (self.epochs * self.steps_per_epoch))
+        return max(done)
+
+    def spent(self, s: RunState) -> bool:
+        return self.fraction(s) >= 1.0 or (self.epochs is not None and s.epoch >= self.epochs)
+
+    def epoch_of(self, s: RunState) -> float:
+        return round(s.epoch + s.batch_in_epoch / self.steps_per_epoch, 3)
+
+
+def make_model(run: Run, camera: CameraConfig) -> tuple[torch.nn.Module, torch.optim.Optimizer, RunState]:
+    """The network and its optimiser: fresh (seeded), warm-started from a policy, or restored."""
+    cfg = run.cfg
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, data.env.camera).to(dev)
-    if init_from is not None and ckpt is None:
-        warm_start(model, init_from, cfg.arch, data.env.camera)
+    model = build_model(cfg.arch, camera).to(run.ranks.device)
+    if run.init_from is not None and run.checkpoint is None:
+        warm_start(model, run.init_from, cfg.arch, camera)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    history: list[dict] = []
-    epoch, batch_in_epoch, step, trained_s, frames_seen = 0, 0, 0, 0.0, 0
-    best = {"val_loss": float("inf"), "epoch": -1.0, "index": -1}
-    if ckpt is not None:
-        meta, tensors = ckpt
+    state = RunState()
+    if run.checkpoint is not None:
+        meta, tensors = run.checkpoint
         try:
             restore(meta, tensors, model, opt)
         except (RuntimeError, KeyError, ValueError, TypeError) as e:
-            raise UserError(f"{out / STATE_JSON}: checkpoint does not fit the model "
+            raise UserError(f"{run.out / STATE_JSON}: checkpoint does not fit the model "
                             f"({str(e).splitlines()[0][:100]})") from None
-        epoch, batch_in_epoch, step = meta["epoch"], meta["batch_in_epoch"], meta["step"]
-        trained_s, frames_seen, history, best = meta["trained_s"], meta["frames_seen"], meta["history"], meta["best"]
-        say(f"resuming {out} at epoch {epoch + 1}, batch {batch_in_epoch} ({trained_s / 60:.1f} min trained)")
-    net = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+        state = RunState.from_checkpoint(meta)
+        run.say(f"resuming {run.out} at epoch {state.epoch + 1}, batch {state.batch_in_epoch} "
+                f"({state.trained_s / 60:.1f} min trained)")
+    if run.ranks.agree(state.step) != state.step:
+        raise UserError(f"--resume: rank {run.ranks.rank} found another checkpoint in {run.out} than rank 0 "
+                        "(on several machines, --out must be a folder they all share)")
+    return model, opt, state
 
-        net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    loader_kw = {"batch_size": cfg.batch, "collate_fn": collate, "num_workers": workers,
-                 "pin_memory": dev.type == "cuda"}
-    if workers > 0:
+def epoch_loader(run: Run, data: TrainData, state: RunState) -> torch.utils.data.DataLoader:
+    """This rank's batches for the rest of `state.epoch` (a resumed run skips the batches it did)."""
+    data.train_ds.set_epoch(state.epoch)
+    data.sampler.set_epoch(state.epoch)
+    order = list(iter(data.sampler))[state.batch_in_epoch * run.cfg.batch:]
+    kw = {}
+    if run.workers > 0:
         import multiprocessing as mp
 
-        loader_kw.update(prefetch_factor=4,
-                         multiprocessing_context=mp.get_context("fork" if sys.platform == "linux" else "spawn"))
-    steps_per_epoch = math.ceil(sampler.per_rank / cfg.batch)
-    budget_s = minutes * 60 if minutes is not None else None
-    total_steps = epochs * steps_per_epoch if epochs is not None else None
-    params = count_parameters(model)
-    say(f"training {cfg.arch} ({params:,} parameters) on {dev}{f' x{world}' if world > 1 else ''}: "
-        f"{len(train_drives)} training drives ({len(train_ds):,} frames), {len(val_drives)} validation drives "
-        f"({len(val_ds) if val_ds else 0:,} frames); batch {cfg.batch}, "
-        + (f"{minutes:g} minutes" if minutes is not None else f"{epochs} epochs of {epoch_frames:,} samples"))
+        kw = {"prefetch_factor": 4,
+              "multiprocessing_context": mp.get_context("fork" if sys.platform == "linux" else "spawn")}
+    return torch.utils.data.DataLoader(data.train_ds, sampler=order, batch_size=run.cfg.batch, collate_fn=collate,
+                                       num_workers=run.workers, pin_memory=run.ranks.device.type == "cuda", **kw)
 
-    def progress_frac() -> float:
-        fr = [trained_s / budget_s] if budget_s else []
-        if total_steps:
-            fr.append(step / total_steps)
-        return max(fr)
 
-    def state() -> dict:
-        return {"config": asdict(cfg), "camera": asdict(data.env.camera), "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch, "step": step, "trained_s": trained_s,
-                "frames_seen": frames_seen, "history": history, "best": best, "minutes_budget": minutes,
-                "epochs_budget": epochs, "world_size": world}
+class Checkpoints:
+    """Everything `train` writes into the policy folder (rank 0 only): the resumable training state
+    (every epoch, and every minute within one), the best policy, the history and the curves."""
 
-    def card() -> dict:
+    def __init__(self, run: Run, data: TrainData, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                 budget: Budget):
+        self.run, self.data, self.model, self.opt, self.budget = run, data, model, opt, budget
+        self.last_save = time.perf_counter()
+        self.last_plot = -math.inf
+
+    def state(self, state: RunState) -> None:
+        if not self.run.ranks.main:
+            return
+        run = self.run
+        meta = {"config": asdict(run.cfg), "camera": asdict(self.data.drives.env.camera), **asdict(state),
+                "minutes_budget": self.budget.minutes, "epochs_budget": self.budget.epochs,
+                "world_size": run.ranks.world}
+        save_checkpoint(run.out, self.model, self.opt, meta)
+        self.last_save = time.perf_counter()
+
+    def due(self) -> bool:
+        return self.run.ranks.main and time.perf_counter() - self.last_save > CHECKPOINT_EVERY_S
+
+    def epoch(self, state: RunState, improved: bool, final: bool) -> None:
+        if not self.run.ranks.main:
+            return
+        out = self.run.out
+        if improved:
+            save_policy(out, self.model, self.card(state))
+        self.state(state)
+        _write_json(out / "history.json", {"history": state.history, "best": state.best})
+        if final or time.perf_counter() - self.last_plot > PLOT_EVERY_S:
+            plot_curves(state.history, out / "loss_curves.png")
+            self.last_plot = time.perf_counter()
+
+    def card(self, state: RunState) -> dict:
+        run, d, ranks = self.run, self.data.drives, self.run.ranks
         return {
-            "arch": cfg.arch, "env": data.env.to_dict(),
-            "data": {"dir": str(data_dir), "drives": len(data.drives), "frames": data.frames,
-                     "train_drives": [d.name for d in train_drives], "val_drives": [d.name for d in val_drives],
-                     "sources": sorted({d.source for d in data.drives}),
-                     "dropped_frames": sum(d.dropped for d in data.drives)},
-            "training": {"epochs": round(epoch + batch_in_epoch / steps_per_epoch, 3), "steps": step,
-                         "best_val_loss": best["val_loss"], "best_epoch": best["epoch"],
-                         "minutes": round(trained_s / 60, 2), "frames_seen": frames_seen,
-                         "frames_per_s": round(frames_seen / max(trained_s, 1e-9), 1), "device": str(dev),
-                         "world_size": world, "threads": torch.get_num_threads() if dev.type == "cpu" else None,
-                         "torch": torch.__version__, "config": asdict(cfg),
-                         "init_from": None if init_from is None else str(init_from)},
+            "arch": run.cfg.arch, "env": d.env.to_dict(),
+            "data": {"dir": str(run.data_dir), "drives": len(d.drives), "frames": d.frames,
+                     "train_drives": [x.name for x in self.data.train_drives],
+                     "val_drives": [x.name for x in self.data.val_drives],
+                     "sources": sorted({x.source for x in d.drives}),
+                     "dropped_frames": sum(x.dropped for x in d.drives)},
+            "training": {"epochs": self.budget.epoch_of(state), "steps": state.step,
+                         "best_val_loss": state.best["val_loss"], "best_epoch": state.best["epoch"],
+                         "minutes": round(state.trained_s / 60, 2), "frames_seen": state.frames_seen,
+                         "frames_per_s": round(state.frames_seen / max(state.trained_s, 1e-9), 1),
+                         "device": str(ranks.device), "world_size": ranks.world,
+                         "precision": "bf16 autocast" if use_bf16(ranks.device) else "float32",
+                         "threads": torch.get_num_threads() if ranks.device.type == "cpu" else None,
+                         "torch": torch.__version__, "config": asdict(run.cfg),
+                         "init_from": None if run.init_from is None else str(run.init_from)},
         }
 
-    def validate() -> float | None:
-        if val_ds is None:
-            return None
-        net.eval()
-        tot = torch.zeros(2, dtype=torch.float64, device=dev)
-        vs = (torch.utils.data.distributed.DistributedSampler(val_ds, world, rank, shuffle=False)
-              if world > 1 else None)
-        with torch.inference_mode():
-            for xb, yb in torch.utils.data.DataLoader(val_ds, batch_size=256, sampler=vs, collate_fn=collate):
-                pred = model(xb.to(dev))
-                tot[0] += F.mse_loss(pred, yb.to(dev), reduction="sum").double()
-                tot[1] += len(yb)
-        if world > 1:
-            torch.distributed.all_reduce(tot)
-        net.train()
-        return float(tot[0] / tot[1])
 
-    stop = progress_frac() >= 1.0
-    last_ckpt = time.perf_counter()
-    last_plot = -math.inf if len(history) == 0 else time.perf_counter()
-    while not stop:
-        if dev.type == "cpu" and threads > 1 and history:  # the machine's load may have changed
-            pick_threads(cfg.arch, data.env.camera, cfg.batch, threads)
-        train_ds.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        order = list(iter(sampler))
-        skip = batch_in_epoch * cfg.batch
-        loader = torch.utils.data.DataLoader(train_ds, sampler=order[skip:], **loader_kw)
-        net.train()
-        loss_sum = torch.zeros((), device=dev)
-        loss_n, ep_frames, ep_t = 0, 0, time.perf_counter()
-        label = f"epoch {epoch + 1}" + (f"/{epochs}" if epochs else "")
-        with Progress(len(order) - skip, label, " frames", stream=log) as bar:
-            t_last = time.perf_counter()
-            for xb, yb in loader:
-                lr = lr_at(cfg, progress_frac(), step)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
-                loss = F.mse_loss(net(xb), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach()
-                loss_n += 1
-                step += 1
-                batch_in_epoch += 1
-                ep_frames += len(xb)
-                frames_seen += len(xb) * world
-                now = time.perf_counter()
-                trained_s += now - t_last
-                t_last = now
-                if loss_n % 10 == 0 or loss_n == 1:
-                    bar.update(0, loss=float(loss_sum) / loss_n, lr=f"{lr:.2e}")
-                bar.update(len(xb))
-                stop = progress_frac() >= 1.0
-                if world > 1:
-                    flag = torch.tensor([float(stop)], device=dev)
-                    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-                    stop = bool(flag.item())
-                if stop:
-                    break
-                if main_rank and now - last_ckpt > CHECKPOINT_EVERY_S:
-                    save_checkpoint(out, model, opt, state())
-                    last_ckpt = time.perf_counter()
-                    t_last = last_ckpt  # checkpoint writing is not training time
+def train_epoch(run: Run, data: TrainData, net: torch.nn.Module, opt: torch.optim.Optimizer, state: RunState,
+                budget: Budget, saves: Checkpoints) -> tuple[float, float]:
+    """Step through the rest of this epoch, or until the budget is spent. Every rank takes the same
+    steps with the same learning rate (rank 0's clock decides). Returns this rank's mean training
+    loss and the frames/s of all ranks."""
+    cfg, dev = run.cfg, run.ranks.device
+    bf16 = use_bf16(dev)
+    loader = epoch_loader(run, data, state)
+    net.train()
+    loss_sum, loss_n, frames, t_start = torch.zeros((), device=dev), 0, 0, time.perf_counter()
+    label = f"epoch {state.epoch + 1}" + (f"/{budget.epochs}" if budget.epochs else "")
+    with Progress(len(loader.sampler), label, " frames", stream=run.log) as bar:
+        t_last = time.perf_counter()
+        for xb, yb in loader:
+            lr = lr_at(cfg, budget.fraction(state), state.step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+            with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
+                loss = F.mse_loss(net(xb).float(), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+            loss_sum += loss.detach()
+            loss_n += 1
+            frames += len(xb)
+            now = time.perf_counter()
+            state.step += 1
+            state.batch_in_epoch += 1
+            state.frames_seen += len(xb) * run.ranks.world
+            state.trained_s = run.ranks.agree(state.trained_s + now - t_last)
+            t_last = now
+            if loss_n % 10 == 0 or loss_n == 1:
+                bar.update(0, loss=float(loss_sum) / loss_n, lr=f"{lr:.2e}")
+            bar.update(len(xb))
+            if budget.spent(state):
+                break
+            if saves.due():
+                saves.state(state)
+                t_last = time.perf_counter()  # checkpoint writing is not training time
+    elapsed = time.perf_counter() - t_start
+    return float(loss_sum) / max(loss_n, 1), frames * run.ranks.world / max(elapsed, 1e-9)
+
+
+def validate(net: torch.nn.Module, val_ds: FrameDataset | None, ranks: Ranks) -> float | None:
+    """Mean squared steering error over the validation frames (each rank scores its share)."""
+    if val_ds is None:
+        return None
+    net.eval()
+    model = getattr(net, "module", net)
+    dev = ranks.device
+    tot = torch.zeros(2, dtype=torch.float64, device=dev)
+    share = (torch.utils.data.distributed.DistributedSampler(val_ds, ranks.world, ranks.rank, shuffle=False)
+             if ranks.world > 1 else None)
+    loader = torch.utils.data.DataLoader(val_ds, batch_size=256, sampler=share, collate_fn=collate,
+                                         pin_memory=dev.type == "cuda")
+    with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=use_bf16(dev)):
+        for xb, yb in loader:
+            pred = model(xb.to(dev, non_blocking=True)).float()
+            tot[0] += F.mse_loss(pred, yb.to(dev, non_blocking=True), reduction="sum").double()
+            tot[1] += len(yb)
+    if ranks.world > 1:
+        torch.distributed.all_reduce(tot)
+    net.train()
+    return float(tot[0] / tot[1])
+
+
+def end_epoch(run: Run, state: RunState, budget: Budget, train_loss: float, val: float | None,
+              frames_per_s: float) -> bool:
+    """Record the epoch (or the part of one the budget allowed) in the history; True when it is the
+    best so far (by validation loss, or training loss without validation drives)."""
+    state.history.append({"epoch": budget.epoch_of(state), "train_loss": train_loss, "val_loss": val,
+                          "lr": lr_at(run.cfg, budget.fraction(state), state.step), "frames_per_s": frames_per_s,
+                          "minutes": state.trained_s / 60})
+    score = val if val is not None else train_loss
+    improved = score < state.best["val_loss"]
+    if improved:
+        state.best = {"val_loss": score, "epoch": state.history[-1]["epoch"], "index": len(state.history) - 1}
+    if state.batch_in_epoch >= budget.steps_per_epoch:
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    run.say(f"epoch {state.history[-1]['epoch']:g}: train loss {train_loss:.4g}"
+            + (f", validation loss {val:.4g}" if val is not None else "") + (" (best, saved)" if improved else ""))
+    return improved
+
+
+def announce(run: Run, data: TrainData, params: int) -> None:
+    cfg, n_val = run.cfg, len(data.val_ds) if data.val_ds else 0
+    precision = " (bf16 autocast)" if use_bf16(run.ranks.device) else ""
+    budget = (f"{run.minutes:g} minutes" if run.minutes is not None
+              else f"{run.epochs} epochs of {cfg.epoch_frames or len(data.train_ds):,} samples")
+    run.say(f"training {cfg.arch} ({params:,} parameters) on {run.ranks}{precision}: {len(data.train_drives)} "
+            f"training drives ({len(data.train_ds):,} frames), {len(data.val_drives)} validation drives "
+            f"({n_val:,} frames); batch {cfg.batch}, {budget}")
+
+
+def report(run: Run, params: int, frames: int, state: RunState, result: TrainResult, wall_s: float) -> None:
+    """The epochs table, the summary table and what to do next."""
+    rows = [(h["epoch"], h["train_loss"], "-" if h["val_loss"] is None else h["val_loss"], h["frames_per_s"],
+             h["minutes"], "*" if i == state.best["index"] else "") for i, h in enumerate(state.history)]
+    print(table(["epoch", "train loss", "val loss", "frames/s", "minutes", "best"], rows, title="\nEpochs"))
+    print(table(["policy", "arch", "parameters", "frames", "best val loss", "train min", "wall min", "frames/s",
+                 "device"],
+                [(str(run.out), run.cfg.arch, f"{params:,}", f"{frames:,}", state.best["val_loss"],
+                  state.trained_s / 60, wall_s / 60, result.frames_per_s, result.device)], title="\nSummary"))
+    print(f"\nsaved the best policy in {run.out} (curves: {run.out / 'loss_curves.png'}); "
+          f"evaluate it: python run_drive.py eval --model {run.out} --tracks procedural:1000-1019")
+
+
+def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, minutes: float | None = None,
+          epochs: int | None = None, cfg: TrainConfig = TrainConfig(), device: str = "auto",
+          resume: bool = False, overwrite: bool = False, workers: int | None = None, camera: str | None = None,
+          verbose: bool = True, init_from: str | os.PathLike | None = None, **overrides) -> TrainResult:
+    """Train a policy on the drives under `data_dir` into `out_dir` (the policy folder).
+
+    The budget is `minutes` of training (validation included, loading not) or `epochs`, both totals
+    across resumes; with neither, 10 epochs. `overrides` replace fields of `cfg` (arch=, batch=, lr=,
+    seed=, ...). With `resume`, the checkpoint's settings are used and the budget is what is left.
+    """
+    t_start = time.perf_counter()
+    run = settle(replace(cfg, **overrides), data_dir, out_dir, minutes, epochs, device, resume, overwrite, workers,
+                 camera, verbose, init_from)
+    ranks, cfg = run.ranks, run.cfg
+
+    data = load_data(run)
+    if ranks.main:
+        prepare_out(run.out)
+    ranks.start()
+    camera_cfg = data.drives.env.camera
+    if ranks.device.type == "cpu" and run.threads > 1:
+        chosen, speeds = pick_threads(cfg.arch, camera_cfg, cfg.batch, run.threads)
+        run.say(f"torch threads: {chosen} (" + ", ".join(f"{n}: {v:.0f} frames/s" for n, v in speeds.items()) + ")")
+
+    model, opt, state = make_model(run, camera_cfg)
+    net = ranks.wrap(model)
+    budget = Budget(run.minutes, run.epochs, math.ceil(data.sampler.per_rank / cfg.batch))
+    params = count_parameters(model)
+    announce(run, data, params)
+
+    saves = Checkpoints(run, data, model, opt, budget)
+    while not budget.spent(state):
+        if ranks.device.type == "cpu" and run.threads > 1 and state.history:  # the machine's load may have changed
+            pick_threads(cfg.arch, camera_cfg, cfg.batch, run.threads)
+        train_loss, frames_per_s = train_epoch(run, data, net, opt, state, budget, saves)
         t0 = time.perf_counter()
-        ep_time = t0 - ep_t  # training only: frames/s of the loop, not of validation
-        val = validate()
-        trained_s += time.perf_counter() - t0
-        done_epoch = batch_in_epoch >= steps_per_epoch
-        train_loss = float(loss_sum) / max(loss_n, 1)
-        history.append({"epoch": round(epoch + batch_in_epoch / steps_per_epoch, 3), "train_loss": train_loss,
-                        "val_loss": val, "lr": lr_at(cfg, progress_frac(), step),
-                        "frames_per_s": ep_frames * world / max(ep_time, 1e-9), "minutes": trained_s / 60})
-        score = val if val is not None else train_loss
-        improved = score < best["val_loss"]
-        if improved:
-            best = {"val_loss": score, "epoch": history[-1]["epoch"], "index": len(history) - 1}
-        if main_rank:
-            say(f"epoch {history[-1]['epoch']:g}: train loss {train_loss:.4g}"
-                + (f", validation loss {val:.4g}" if val is not None else "")
-                + (" (best, saved)" if improved else ""))
-            if improved:
-                save_policy(out, model, card())
-            if done_epoch:
-                epoch, batch_in_epoch = epoch + 1, 0
-            save_checkpoint(out, model, opt, state())
-            last_ckpt = time.perf_counter()
-            _write_json(out / "history.json", {"history": history, "best": best})
-            if time.perf_counter() - last_plot > PLOT_EVERY_S:
-                plot_curves(history, out / "loss_curves.png")
-                last_plot = time.perf_counter()
-        elif done_epoch:
-            epoch, batch_in_epoch = epoch + 1, 0
-        if epochs is not None and epoch >= epochs:
-            stop = True
-    if main_rank and history:
-        plot_curves(history, out / "loss_curves.png")
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        val = validate(net, data.val_ds, ranks)
+        state.trained_s = ranks.agree(state.trained_s + time.perf_counter() - t0)
+        improved = end_epoch(run, state, budget, ranks.mean(train_loss), val, frames_per_s)
+        saves.epoch(state, improved, final=budget.spent(state))
+    ranks.finish()
 
-    fps = frames_seen / max(trained_s, 1e-9)
-    result = TrainResult(out=out, epochs=history[-1]["epoch"] if history else 0.0, steps=step,
-                         best_val_loss=best["val_loss"], best_epoch=best["epoch"], minutes=trained_s / 60,
-                         frames_per_s=fps, device=str(dev) + (f" x{world}" if world > 1 else ""))
-    if main_rank and verbose:
-        rows = [(h["epoch"], h["train_loss"], "-" if h["val_loss"] is None else h["val_loss"], h["frames_per_s"],
-                 h["minutes"], "*" if i == best["index"] else "") for i, h in enumerate(history)]
-        print(table(["epoch", "train loss", "val loss", "frames/s", "minutes", "best"], rows, title="\nEpochs"))
-        print(table(["policy", "arch", "parameters", "frames", "best val loss", "train min", "wall min", "frames/s",
-                     "device"],
-                    [(str(out), cfg.arch, f"{params:,}", f"{data.frames:,}", best["val_loss"], trained_s / 60,
-                      (time.perf_counter() - t_start) / 60, fps, result.device)], title="\nSummary"))
-        print(f"\nsaved the best policy in {out} (curves: {out / 'loss_curves.png'}); "
-              f"evaluate it: python run_drive.py eval --model {out} --tracks procedural:1000-1019")
+    result = TrainResult(out=run.out, epochs=state.history[-1]["epoch"] if state.history else 0.0, steps=state.step,
+                         best_val_loss=state.best["val_loss"], best_epoch=state.best["epoch"],
+                         minutes=state.trained_s / 60, frames_per_s=state.frames_seen / max(state.trained_s, 1e-9),
+                         device=str(ranks), model=model)
+    if run.verbose:
+        report(run, params, data.drives.frames, state, result, time.perf_counter() - t_start)
     return result
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from test_dataset import record_drive
 
 from agent.model import load_policy
@@ -89,19 +90,26 @@ def test_warm_start_from_a_policy(drives, tmp_path):
               init_from=tmp_path / "a", verbose=False)
 
 
-def test_ddp_with_two_cpu_processes_runs(drives, tmp_path):
-    out = tmp_path / "ddp"
+def test_ddp_ranks_step_together_and_end_with_identical_weights(drives, tmp_path):
+    """Two gloo ranks under torchrun with a --minutes budget: rank 0's clock sets every step's learning
+    rate and the stop, so both ranks take the same steps and hold bit-identical weights at the end."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "run_drive.py",
-         "train", "--data", str(drives), "--out", str(out), "--epochs", "1", "--arch", "small", "--batch", "16",
-         "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=240, env=env, check=False)
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(ROOT / "tests" / "ddp_rank.py"), str(drives), str(tmp_path), "0.1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    card = load_policy(out).card
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["steps"] == ranks[1]["steps"] > 4
+    w0, w1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+    card = load_policy(tmp_path / "policy").card
     assert card["training"]["world_size"] == 2
-    meta, _ = load_checkpoint(out)
-    # 160 training frames split over two ranks, batch 16 each: 5 steps per rank
-    assert meta["world_size"] == 2 and meta["step"] == 5 and meta["frames_seen"] == 160
+    meta, _ = load_checkpoint(tmp_path / "policy")
+    assert meta["world_size"] == 2 and meta["step"] == ranks[0]["steps"]
+    assert meta["frames_seen"] == 2 * 16 * meta["step"]  # each step is a batch of 16 on each rank
+    hist = meta["history"]
+    assert len(hist) >= 2 and hist[-1]["train_loss"] < hist[0]["train_loss"]  # and it learned
 
 
 def test_cli_trains_and_prints_a_summary(drives, tmp_path):
