@@ -67,11 +67,11 @@ class CameraConfig:
     width: int = 96
     height: int = 96
     view_width_m: float = 40.0  # birdseye: metres across the frame
-    car_row: float = 0.8  # birdseye: the car's centre, as a fraction of the height from the top
+    car_row: float = 0.8  # birdseye: the car's pose (rear-axle centre), as a fraction of the height from the top
     hfov_deg: float = 100.0  # dashcam: horizontal field of view
     height_m: float = 1.6  # dashcam: camera height above the ground
     pitch_deg: float = 14.0  # dashcam: pitched down below the horizon
-    forward_m: float = 1.0  # dashcam: camera ahead of the car's centre
+    forward_m: float = 1.0  # dashcam: camera ahead of the car's pose (the rear-axle centre)
     max_range_m: float = 150.0  # dashcam: beyond this distance the ground fades into sky
     draw_car: bool = True  # birdseye: draw our own car in the frame
     supersample: int = 1  # warp at this multiple of the size, then area-average (anti-aliasing)
