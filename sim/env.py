@@ -1,7 +1,8 @@
 """`DriveEnv`, the Gymnasium environment `E2EDrive-v0`: it only wires track, car and camera together.
 
-Tasks: `lane` (the default: a kinematic car at cruise speed, steering only) and `race` (a dynamic car
-with tyre grip, from a standing start, action [steering, throttle], a speed gauge drawn into the frame).
+Tasks: `lane` (the default: a kinematic car at cruise speed, steering only), `race` (a dynamic car
+with tyre grip, from a standing start, action [steering, throttle], a speed gauge drawn into the frame)
+and `traffic` (the lane task with slower cars to overtake; touching one is a collision).
 Observation: the camera frame (H, W, 3) uint8. Action: steering in [-1, 1] (negative = left), or
 [steering, throttle] with `throttle=True` or in `race`. Reward: metres of progress along the track / 10,
 and -10 for leaving it. `info` carries what evaluation and recording need; a policy must not read it.
@@ -20,9 +21,10 @@ from . import car as carmod
 from .car import CarConfig, CarState, RaceCarConfig
 from .render import Camera, CameraConfig, default_palette, draw_speed_gauge, random_palette
 from .track import Track, load_track, parse_spec
+from .traffic import Traffic, TrafficConfig, rectangle_corners
 
 OFF_TRACK_MODES = ("terminate", "recover", "continue")
-TASKS = ("lane", "race", "traffic")
+TASKS = ("lane", "race", "traffic")  # lane: follow the road; race: steer and throttle; traffic: lane plus other cars
 RACE_RECOVER_SPEED_MPS = 10.0  # a race car put back on the road goes on at most this fast
 
 
@@ -42,9 +44,11 @@ class EnvConfig:
     off_track: str = "terminate"
     off_track_margin_m: float = 0.5  # the rear-axle centre (the car's pose) this far past the edge is off track
     random_start: bool = False  # start at a random point of the lap instead of the start line
-    task: str = "lane"  # "lane": steer at cruise speed; "race": steer and throttle a car with grip
+    task: str = "lane"  # "lane": steer at cruise speed; "race": steer and throttle a car with grip;
+    # "traffic": the lane task with other, slower cars on the road
     race_car: RaceCarConfig = field(default_factory=RaceCarConfig)  # the car of the race task
     speed_gauge: bool = True  # race: draw the speed as bars at the frame's sides (the policy's speedometer)
+    traffic: TrafficConfig = field(default_factory=TrafficConfig)  # the other cars of task `traffic`
 
     def __post_init__(self) -> None:
         if self.off_track not in OFF_TRACK_MODES:
@@ -66,6 +70,7 @@ class EnvConfig:
         d["camera"] = CameraConfig(**d.get("camera", {}))
         d["car"] = CarConfig(**d.get("car", {}))
         d["race_car"] = RaceCarConfig(**d.get("race_car", {}))
+        d["traffic"] = TrafficConfig(**d.get("traffic", {}))
         return EnvConfig(**d)
 
 
@@ -129,7 +134,16 @@ class DriveEnv(gym.Env):
         self.lap_clean = True
         self.off_track_count = 0
         self._off_road = False
+        self.collision_count = 0
+        self.overtake_count = 0
         self.proj = track.project(self.car.x, self.car.y, self.car.yaw)
+        self.traffic = None
+        if self.cfg.task == "traffic":  # drawn last, so the lane task's episodes are unchanged
+            rng = np.random.default_rng(int(self.np_random.integers(2**63)))
+            self.traffic = Traffic(track, self.cfg.traffic, self.cfg.car.cruise_speed_mps, s0, rng, self.cfg.car.dt)
+            self._ahead = self.traffic.relative_s(self.proj.s) > 0
+            self._touching = np.zeros(self.traffic.n, bool)
+            self._traffic_quiet_until = 0  # before this step no car can be close enough to matter
         self._last_action = np.zeros(self.action_space.shape, np.float32)
         obs = self._observe()
         info = self._info(off_track=False, intervention=False, lap_completed=False)
@@ -174,13 +188,25 @@ class DriveEnv(gym.Env):
                 intervention = True
         self._off_road = off and self.cfg.off_track == "continue"  # "recover" put it back on the road
 
+        collision = overtakes = 0
+        if self.traffic is not None:
+            collision, overtakes = self._step_traffic()
+            if collision:
+                self.lap_clean = False
+                reward -= self.cfg.traffic.collision_penalty * collision
+                if self.cfg.off_track == "terminate":
+                    terminated = True
+                elif self.cfg.off_track == "recover":
+                    intervention = True
+
         lap_completed = False
         if self.progress >= (self.laps_completed + 1) * track.length:
             lap_completed = True
             self.laps_completed += 1
             self.last_lap_time = self.time - self.lap_start_time
             self.lap_start_time = self.time
-        info = self._info(off_track=off, intervention=intervention, lap_completed=lap_completed)
+        info = self._info(off_track=off, intervention=intervention, lap_completed=lap_completed,
+                          collision=collision, overtakes=overtakes)
         if lap_completed:
             self.lap_clean = True  # the next lap starts clean
         truncated = bool(
@@ -225,7 +251,59 @@ class DriveEnv(gym.Env):
     def render_from(self, x: float, y: float, yaw: float) -> np.ndarray:
         """The camera frame from any pose (at the car's current speed): used for viewpoint-shift
         augmentation (PilotNet's side cameras, done exactly)."""
-        return self._gauge(self.camera.render(x, y, yaw))
+        return self._gauge(self.camera.render(x, y, yaw, self._cars(self.camera, x, y)))
+
+    def _cars(self, camera: Camera, x: float | None = None, y: float | None = None):
+        """The other cars a camera at (x, y) (our car by default) may see; None without traffic."""
+        if self.traffic is None:
+            return None
+        x = self.car.x if x is None else x
+        y = self.car.y if y is None else y
+        idx = self.traffic.in_view(x, y, camera.view_radius_m())
+        return self.traffic.boxes(idx) if idx.size else None
+
+    def ego_corners(self) -> np.ndarray:
+        """Our car's footprint (4, 2): the rectangle around the middle of the wheelbase."""
+        c, car = self.car, self.cfg.car
+        centre = (c.x + 0.5 * car.wheelbase_m * math.cos(c.yaw), c.y + 0.5 * car.wheelbase_m * math.sin(c.yaw))
+        return rectangle_corners(centre, c.yaw, car.length_m, car.width_m)
+
+    def _step_traffic(self) -> tuple[int, int]:
+        """Move the other cars; (new collisions, cars overtaken) this step. A car hit is moved clear
+        in recover mode; in the other modes it stays, and touching it again later counts again."""
+        traffic = self.traffic
+        traffic.step()
+        if self.steps < self._traffic_quiet_until:
+            return 0, 0
+        rel = traffic.relative_s(self.proj.s)
+        zone = traffic.cfg.length_m + 10.0
+        dist = np.abs(rel)
+        close = (dist < zone).nonzero()[0]
+        if not close.size:
+            # no car can come this close for a while: skip the checks till then (a bound on how
+            # fast the gap can close: our top speed plus theirs)
+            closing = (self.cfg.car.max_speed_mps + self.cfg.car.cruise_speed_mps) * self.cfg.car.dt
+            self._traffic_quiet_until = self.steps + int((dist.min() - zone) / closing) if traffic.n else 1 << 62
+            return 0, 0
+        reach = traffic.cfg.length_m / 2 + self.cfg.car.length_m / 2 + 1.0
+        hits = traffic.collisions(self.ego_corners(), close[np.abs(rel[close]) < reach])
+        touching = np.zeros(traffic.n, bool)
+        touching[hits] = True
+        new = int(np.count_nonzero(touching & ~self._touching))
+        self._touching = touching
+        if self.cfg.off_track == "recover":
+            for i in hits:
+                traffic.move_behind(i, self.proj.s)
+            self._touching[:] = False
+        # an overtake: a car ahead of us last step is behind us now (the cars never pass us)
+        ahead = rel[close] > 0
+        passed = self._ahead[close] & ~ahead
+        passed[np.isin(close, hits)] = False
+        self._ahead[close] = ahead
+        n_passed = int(np.count_nonzero(passed))
+        self.collision_count += new
+        self.overtake_count += n_passed
+        return new, n_passed
 
     def world_view(self, size: int = 480, view_m: float = 90.0) -> np.ndarray:
         """A larger heading-up picture of the car on the track, with the camera frame as an inset."""
@@ -235,7 +313,7 @@ class DriveEnv(gym.Env):
             self._world_cam = Camera(self.track, wcfg, self.cfg.car.length_m, self.cfg.car.width_m,
                                      self.cfg.car.wheelbase_m)
         self._world_cam.set_palette(self.palette)
-        pic = self._world_cam.render(self.car.x, self.car.y, self.car.yaw).copy()
+        pic = self._world_cam.render(self.car.x, self.car.y, self.car.yaw, self._cars(self._world_cam)).copy()
         obs = self._obs
         scale = max(1, int(size * 0.3) // max(obs.shape[:2]))
         inset = np.repeat(np.repeat(obs, scale, 0), scale, 1)
@@ -248,7 +326,7 @@ class DriveEnv(gym.Env):
         return pic
 
     def _observe(self) -> np.ndarray:
-        self._obs = self._gauge(self.camera.render(self.car.x, self.car.y, self.car.yaw))
+        self._obs = self._gauge(self.camera.render(self.car.x, self.car.y, self.car.yaw, self._cars(self.camera)))
         return self._obs
 
     def _gauge(self, frame: np.ndarray) -> np.ndarray:
@@ -256,7 +334,8 @@ class DriveEnv(gym.Env):
             draw_speed_gauge(frame, self.car.speed / self.cfg.race_car.max_speed_mps)
         return frame
 
-    def _info(self, off_track: bool, intervention: bool, lap_completed: bool) -> dict:
+    def _info(self, off_track: bool, intervention: bool, lap_completed: bool, collision: int = 0,
+              overtakes: int = 0) -> dict:
         c, p = self.car, self.proj
         return {
             "track": self.track.name,
@@ -273,6 +352,10 @@ class DriveEnv(gym.Env):
             "off_track": bool(off_track),
             "off_track_count": self.off_track_count,
             "intervention": bool(intervention),
+            "collision": int(collision),  # cars our car started touching this step (task traffic)
+            "collisions": self.collision_count,
+            "overtake": int(overtakes),  # cars overtaken this step
+            "overtakes": self.overtake_count,
             "speed": c.speed,
             "lateral_speed": c.lateral_speed,
             "yaw_rate": c.yaw_rate,

@@ -1,7 +1,10 @@
 """The autopilot: pure pursuit on the centerline, using privileged state no camera gives.
 
 It makes demonstrations without a person, labels DAgger data, and is the reference every policy is
-compared with. It reads the track and the car's pose directly, never the camera frame.
+compared with. It reads the track and the car's pose directly, never the camera frame. With other
+cars on the road (task `traffic`) a lateral planner picks the offset from the centerline to drive
+at: it predicts where each car ahead will be while we pass it, keeps clear of it on the side that
+costs least, and comes back to the centerline once past.
 """
 
 from __future__ import annotations
@@ -13,25 +16,83 @@ import numpy as np
 
 from .car import GRAVITY, CarConfig, CarState, RaceCarConfig, drive_accel, understeer_gradient
 from .track import Track
+from .traffic import Traffic
 
 
 @dataclass(frozen=True)
 class ExpertConfig:
     lookahead_base_m: float = 3.0
     lookahead_gain_s: float = 0.45  # lookahead grows with speed: base + gain * v
+    horizon_s: float = 5.0  # traffic: plan around the cars we reach within this time
+    clearance_m: float = 0.4  # traffic: side gap kept from another car while passing it
+    gap_m: float = 2.5  # traffic: and the gap kept ahead of and behind it
+    edge_m: float = 0.6  # traffic: our centre stays this far inside the road edge
+    max_shift_m: float = 1.0  # traffic: how far the aim point may lead our offset (smooth moves)
+    lateral_speed_mps: float = 1.5  # traffic: about how fast that moves us sideways
+    centre_cost: float = 1.0  # traffic: a planned offset costs this per metre from the centerline...
+    move_cost: float = 0.3  # ...and this per metre from where we are (keeps the chosen side)
 
 
 def expert_steering(track: Track, car: CarState, s: float, car_cfg: CarConfig | RaceCarConfig,
-                    cfg: ExpertConfig = ExpertConfig()) -> float:
-    """Steering command in [-1, 1] that steers the rear axle towards a point on the centerline
-    `lookahead` metres ahead of arc length `s` (pure pursuit)."""
+                    cfg: ExpertConfig = ExpertConfig(), offset: float = 0.0) -> float:
+    """Steering command in [-1, 1] that steers the rear axle towards a point `offset` metres left of
+    the centerline `lookahead` metres ahead of arc length `s` (pure pursuit)."""
     lookahead = cfg.lookahead_base_m + cfg.lookahead_gain_s * max(car.speed, 1.0)
     tx, ty = track.point_at(s + lookahead)
+    if offset:
+        h = track.heading_at(s + lookahead)
+        tx, ty = tx - offset * math.sin(h), ty + offset * math.cos(h)
     dx, dy = tx - car.x, ty - car.y
     alpha = math.atan2(dy, dx) - car.yaw
     dist = max(math.hypot(dx, dy), 1e-3)
     delta = math.atan2(2.0 * car_cfg.wheelbase_m * math.sin(alpha), dist)
     return max(-1.0, min(1.0, -delta / car_cfg.max_steer_rad))
+
+
+def plan_offset(track: Track, traffic: Traffic, s: float, offset: float, speed: float, car_cfg: CarConfig,
+                cfg: ExpertConfig = ExpertConfig()) -> float:
+    """The lateral offset (metres, positive left) to drive at now, given the other cars.
+
+    Every car we reach within the horizon blocks the offsets within a car's width plus clearance of
+    where it will be while we pass it (its lateral motion is known). Of the free offsets reachable
+    without crossing a car already beside us, the cheapest is chosen: near the centerline, near
+    where we are. Stateless, so it labels any state a policy drives into (DAgger).
+    """
+    ahead = max(speed * cfg.horizon_s, 20.0)
+    look = np.arange(0.0, ahead, 5.0)
+    idx = (np.searchsorted(track.s, (s + look) % track.length, side="right") - 1)
+    lo = -float(track.width_right[idx].min()) + cfg.edge_m
+    hi = float(track.width_left[idx].min()) - cfg.edge_m
+    candidates = np.linspace(lo, hi, max(int((hi - lo) / 0.1) + 1, 2)) if hi > lo else np.array([0.0])
+    free = np.ones(len(candidates), bool)
+    if traffic is not None and traffic.n:
+        tc = traffic.cfg
+        rel = traffic.relative_s(s)
+        reach = tc.length_m / 2 + car_cfg.length_m / 2 + cfg.gap_m
+        closing = np.maximum(speed - traffic.speed, 0.5)
+        t_in = (rel - reach) / closing
+        t_out = (rel + reach) / closing
+        near = np.flatnonzero((t_out > 0) & (t_in < cfg.horizon_s))
+        sep = tc.width_m / 2 + car_cfg.width_m / 2 + cfg.clearance_m
+        # the cars in the order we reach them: each one narrows the free offsets, unless it would
+        # close them all (then it is left for later: we pass the nearer ones first)
+        for i in near[np.argsort(t_in[near])]:
+            times = traffic.time + np.linspace(max(t_in[i], 0.0), t_out[i], 6)
+            d = np.array([traffic.offsets_at(traffic.s[i:i + 1] + traffic.speed[i] * (t - traffic.time),
+                                             traffic.q_at(t)[i:i + 1])[0] for t in times])
+            inside = (candidates > d.min() - sep) & (candidates < d.max() + sep)
+            # the other side of it only if we can get there before we reach it
+            late = np.abs(candidates - offset) > cfg.lateral_speed_mps * max(t_in[i] - 0.5, 0.0)
+            beyond = (candidates - d.mean()) * (offset - d.mean()) < 0
+            inside |= beyond & late
+            if not (free & ~inside).any():
+                if free.all():  # no way past the nearest car: keep as far from it as the road allows
+                    free = ~inside | (np.abs(candidates - d.mean()) >= np.abs(candidates - d.mean()).max() - 0.05)
+                break
+            free &= ~inside
+    cost = cfg.centre_cost * np.abs(candidates) + cfg.move_cost * np.abs(candidates - offset)
+    cost[~free] = np.inf
+    return float(candidates[int(np.argmin(cost))])
 
 
 class Expert:
@@ -42,7 +103,12 @@ class Expert:
 
     def steering(self, env) -> float:
         e = env.unwrapped
-        return expert_steering(e.track, e.car, e.proj.s, e.cfg.car, self.cfg)
+        if getattr(e, "traffic", None) is None:
+            return expert_steering(e.track, e.car, e.proj.s, e.cfg.car, self.cfg)
+        here = e.proj.offset
+        target = plan_offset(e.track, e.traffic, e.proj.s, here, e.car.speed, e.cfg.car, self.cfg)
+        aim = here + max(-self.cfg.max_shift_m, min(self.cfg.max_shift_m, target - here))
+        return expert_steering(e.track, e.car, e.proj.s, e.cfg.car, self.cfg, offset=aim)
 
     def act(self, env):
         e = env.unwrapped

@@ -16,10 +16,13 @@ import cv2
 import numpy as np
 
 from .track import Track
+from .traffic import CarBoxes, rectangle_corners
 
 # label ids in the map
 GRASS, GRASS_DARK, ASPHALT, EDGE_LINE, KERB_RED, KERB_WHITE, START_LINE, SKY, CAR_BODY, CAR_GLASS = range(10)
-N_LABELS = 10
+TRAFFIC_BODY = 10  # the other cars (task `traffic`): four colours, labels 10 to 13, none of them red
+N_TRAFFIC_COLOURS = 4
+N_LABELS = 14
 
 DEFAULT_COLOURS = np.array([
     (86, 150, 64),    # grass
@@ -32,6 +35,10 @@ DEFAULT_COLOURS = np.array([
     (150, 190, 235),  # sky (dashcam)
     (210, 30, 30),    # car body
     (40, 50, 70),     # car glass
+    (40, 90, 215),    # other cars: blue
+    (235, 195, 35),   # yellow
+    (30, 175, 190),   # teal
+    (150, 70, 200),   # purple
 ], dtype=np.uint8)
 
 
@@ -392,15 +399,17 @@ class Camera:
     def set_palette(self, palette: np.ndarray) -> None:
         self.palette = palette
 
-    def render(self, x: float, y: float, yaw: float) -> np.ndarray:
-        """The RGB frame (height, width, 3) uint8 seen from the rear-axle pose (x, y, yaw).
+    def render(self, x: float, y: float, yaw: float, cars: CarBoxes | None = None) -> np.ndarray:
+        """The RGB frame (height, width, 3) uint8 seen from the rear-axle pose (x, y, yaw), with the
+        other `cars` (task traffic) on the road.
 
         The 1-byte label map is warped to the frame and only then coloured by the palette, so a new
         palette costs nothing and no coloured copy of the map exists."""
-        return self.colour(self.render_labels(x, y, yaw))
+        return self.colour(self.render_labels(x, y, yaw, cars))
 
-    def render_labels(self, x: float, y: float, yaw: float) -> np.ndarray:
-        """The frame as labels (height*ss, width*ss) uint8, before colouring and downsampling."""
+    def render_labels(self, x: float, y: float, yaw: float, cars: CarBoxes | None = None) -> np.ndarray:
+        """The frame as labels (height*ss, width*ss) uint8, before colouring and downsampling. Other
+        cars are drawn after the warp, so a frame without them is the same as before."""
         cx = x + 0.5 * self.wheelbase * math.cos(yaw)
         cy = y + 0.5 * self.wheelbase * math.sin(yaw)
         if self.cfg.kind == "birdseye":
@@ -409,6 +418,8 @@ class Camera:
             lab = cv2.warpAffine(self.map.labels, m, (self.out_w, self.out_h),
                                  flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                                  borderMode=cv2.BORDER_CONSTANT, borderValue=GRASS)
+            if cars is not None and len(cars):
+                self._draw_cars_birdseye(lab, cars, cx, cy, yaw)
             if self._car_mask is not None:
                 lab[self._car_mask[0]] = CAR_BODY
                 lab[self._car_mask[1]] = CAR_GLASS
@@ -420,6 +431,8 @@ class Camera:
                                       flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                                       borderMode=cv2.BORDER_CONSTANT, borderValue=GRASS)
             lab[: self._sky_rows] = SKY
+            if cars is not None and len(cars):
+                self._draw_cars_dashcam(lab, cars, cx, cy, yaw)
         return lab
 
     def colour(self, labels: np.ndarray) -> np.ndarray:
@@ -444,6 +457,14 @@ class Camera:
                 xs.append(px)
                 ys.append(py)
         self.map.ensure(min(xs) - 2, min(ys) - 2, max(xs) + 2, max(ys) + 2)
+
+    def view_radius_m(self) -> float:
+        """How far from the car anything in this camera's frame can be."""
+        if self.cfg.kind == "birdseye":
+            w = self.cfg.view_width_m
+            h = w * self.out_h / self.out_w
+            return math.hypot(w / 2, h * max(self.cfg.car_row, 1 - self.cfg.car_row))
+        return self.cfg.max_range_m + self.cfg.forward_m
 
     # -- birdseye --------------------------------------------------------------------------------
     def _birdseye_matrix(self, cx: float, cy: float, yaw: float) -> np.ndarray:
@@ -473,6 +494,67 @@ class Camera:
                     slice(max(int(round(u0 - half)), 0), max(int(round(u0 + half)), 1)))
 
         return box(-hl, hl, hw), box(-hl * 0.45, -hl * 0.1, hw * 0.7)
+
+    def _draw_cars_birdseye(self, lab: np.ndarray, cars: CarBoxes, cx: float, cy: float, yaw: float) -> None:
+        """Each car as a body rectangle with a windscreen, straight into the frame (plain float
+        math: only a few cars are ever in view)."""
+        mpp = self.m_per_px
+        c, s = math.cos(yaw), math.sin(yaw)
+        u0, v0 = self.out_w / 2.0, self.cfg.car_row * self.out_h
+        hl, hw = cars.length_m / 2, cars.width_m / 2
+        # body and windscreen corners in the car's frame (forward, left)
+        shape = ((hl, hw), (hl, -hw), (-hl, -hw), (-hl, hw),
+                 (0.4 * hl, 0.7 * hw), (0.4 * hl, -0.7 * hw), (0.05 * hl, -0.7 * hw), (0.05 * hl, 0.7 * hw))
+        reach = max(self.out_w, self.out_h) * 0.75 + hl / mpp
+        for (x, y), heading, label in zip(cars.xy.tolist(), cars.yaw.tolist(), cars.label.tolist()):
+            dx, dy = x - cx, y - cy
+            u = u0 - (-dx * s + dy * c) / mpp  # left of us is left in the frame
+            v = v0 - (dx * c + dy * s) / mpp
+            if abs(u - u0) > reach or abs(v - v0) > reach + self.out_h:
+                continue
+            ca, sa = math.cos(heading - yaw), math.sin(heading - yaw)
+            pts = np.array([(8 * (u - (f * sa + lt * ca) / mpp), 8 * (v - (f * ca - lt * sa) / mpp))
+                            for f, lt in shape]).round().astype(np.int32)
+            cv2.fillConvexPoly(lab, pts[:4], TRAFFIC_BODY + label % N_TRAFFIC_COLOURS, lineType=cv2.LINE_8, shift=3)
+            cv2.fillConvexPoly(lab, pts[4:], CAR_GLASS, lineType=cv2.LINE_8, shift=3)
+
+    def _draw_cars_dashcam(self, lab: np.ndarray, cars: CarBoxes, cx: float, cy: float, yaw: float) -> None:
+        """Each car ahead as a projected box (far ones first), with a rear window."""
+        cfg = self.cfg
+        c, s = math.cos(yaw), math.sin(yaw)
+        fx, fy = cx + cfg.forward_m * c, cy + cfg.forward_m * s
+        rel = cars.xy - (fx, fy)
+        fwd = rel[:, 0] * c + rel[:, 1] * s
+        visible = np.flatnonzero((fwd > cars.length_m) & (fwd < cfg.max_range_m))
+        for i in visible[np.argsort(-fwd[visible])]:
+            base = rectangle_corners(cars.xy[i], cars.yaw[i], cars.length_m, cars.width_m, 0.0)
+            pts = np.concatenate([np.c_[base, np.zeros(4)], np.c_[base, np.full(4, cars.height_m)]])
+            window = rectangle_corners(cars.xy[i], cars.yaw[i], 0.0, cars.width_m * 0.75, -cars.length_m / 2)[:2]
+            window = np.concatenate([np.c_[window, np.full(2, cars.height_m * 0.6)],
+                                     np.c_[window[::-1], np.full(2, cars.height_m * 0.92)]])
+            px = self._project(pts, fx, fy, c, s)
+            if px is None:
+                continue
+            cv2.fillConvexPoly(lab, cv2.convexHull(np.round(px * 8).astype(np.int32)),
+                               TRAFFIC_BODY + int(cars.label[i]) % N_TRAFFIC_COLOURS, lineType=cv2.LINE_8, shift=3)
+            wpx = self._project(window, fx, fy, c, s)
+            if wpx is not None and _facing_camera(cars.xy[i], cars.yaw[i], fx, fy):
+                cv2.fillConvexPoly(lab, np.round(wpx * 8).astype(np.int32), CAR_GLASS, lineType=cv2.LINE_8, shift=3)
+
+    def _project(self, pts: np.ndarray, fx: float, fy: float, c: float, s: float) -> np.ndarray | None:
+        """World points (n, 3: x, y, height) to output pixels; None if any is behind the camera."""
+        cfg = self.cfg
+        dx, dy = pts[:, 0] - fx, pts[:, 1] - fy
+        forward = dx * c + dy * s
+        left = -dx * s + dy * c
+        up = pts[:, 2] - cfg.height_m
+        th = math.radians(cfg.pitch_deg)
+        zc = forward * math.cos(th) - up * math.sin(th)
+        if np.any(zc < 0.1):
+            return None
+        yc = -forward * math.sin(th) - up * math.cos(th)
+        f = (self.out_w / 2.0) / math.tan(math.radians(cfg.hfov_deg) / 2)
+        return np.stack([f * -left / zc + self.out_w / 2.0, f * yc / zc + self.out_h / 2.0], 1)
 
     # -- dashcam ---------------------------------------------------------------------------------
     def _prepare_dashcam(self) -> None:
@@ -505,3 +587,8 @@ class Camera:
                       [-s / res, -c / res, (oy - fy) / res],
                       [0.0, 0.0, 1.0]])
         return a @ self._ground_from_px
+
+
+def _facing_camera(centre: np.ndarray, yaw: float, fx: float, fy: float) -> bool:
+    """True when the camera sees the car's rear (it is ahead of us, driving away)."""
+    return (centre[0] - fx) * math.cos(yaw) + (centre[1] - fy) * math.sin(yaw) > 0
