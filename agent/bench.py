@@ -58,27 +58,31 @@ def bench_env(seconds: float, rounds: int, camera: str) -> dict:
 
     ours = gym.make("E2EDrive-v0", track="procedural:1", camera=camera)
     race = gym.make("E2EDrive-v0", track="procedural:1", camera=camera, task="race")
+    traffic = gym.make("E2EDrive-v0", track="procedural:1", camera=camera, task="traffic")  # default density
     try:
         theirs = gym.make("CarRacing-v3")
     except Exception as e:  # gymnasium raises DependencyNotInstalled without Box2D
         theirs = None
         why = str(e).splitlines()[0]
-    res: dict = {"e2edrive_steps_per_s": 0.0, "race_steps_per_s": 0.0}
+    res: dict = {"e2edrive_steps_per_s": 0.0, "race_steps_per_s": 0.0, "traffic_steps_per_s": 0.0}
     if theirs is not None:
         res["carracing_steps_per_s"] = 0.0
     for _ in range(rounds):
         res["e2edrive_steps_per_s"] = max(res["e2edrive_steps_per_s"], _steps_per_second(ours, seconds))
         res["race_steps_per_s"] = max(res["race_steps_per_s"], _steps_per_second(race, seconds))
+        res["traffic_steps_per_s"] = max(res["traffic_steps_per_s"], _steps_per_second(traffic, seconds))
         if theirs is not None:
             res["carracing_steps_per_s"] = max(res["carracing_steps_per_s"], _steps_per_second(theirs, seconds))
     if theirs is not None:
         res["ratio"] = res["e2edrive_steps_per_s"] / res["carracing_steps_per_s"]
         res["race_ratio"] = res["race_steps_per_s"] / res["carracing_steps_per_s"]
+        res["traffic_ratio"] = res["traffic_steps_per_s"] / res["carracing_steps_per_s"]
         theirs.close()
     else:
         res["carracing_note"] = f"CarRacing-v3 not measured ({why}); install Box2D with: pip install box2d"
     ours.close()
     race.close()
+    traffic.close()
 
     n_envs = max(2, min(4, os.cpu_count() or 2))
     vec = gym.make_vec("E2EDrive-v0", num_envs=n_envs, vectorization_mode="async", track="procedural:1",
@@ -192,11 +196,13 @@ def main(args) -> int:
     res = {"env": bench_env(args.seconds, args.rounds, args.camera)}
     e = res["env"]
     rows = [["E2EDrive-v0 steps/s (1 env)", f"{e['e2edrive_steps_per_s']:,.0f}"],
-            ["E2EDrive-v0 task=race steps/s (1 env, dynamic car)", f"{e['race_steps_per_s']:,.0f}"]]
+            ["E2EDrive-v0 task=race steps/s (1 env, dynamic car)", f"{e['race_steps_per_s']:,.0f}"],
+            ["E2EDrive-v0 task=traffic steps/s (1 env, default density)", f"{e['traffic_steps_per_s']:,.0f}"]]
     if "carracing_steps_per_s" in e:
         rows += [["CarRacing-v3 steps/s (1 env)", f"{e['carracing_steps_per_s']:,.0f}"],
                  ["ratio E2EDrive / CarRacing", f"{e['ratio']:.1f}x"],
-                 ["ratio E2EDrive race / CarRacing", f"{e['race_ratio']:.1f}x"]]
+                 ["ratio E2EDrive race / CarRacing", f"{e['race_ratio']:.1f}x"],
+                 ["ratio E2EDrive traffic / CarRacing", f"{e['traffic_ratio']:.1f}x"]]
     rows += [[f"E2EDrive-v0 async vector env, {e['vector_envs']} envs, total steps/s",
               f"{e['vector_total_steps_per_s']:,.0f}"],
              ["render only, frames/s", f"{e['render_frames_per_s']:,.0f}"]]

@@ -16,6 +16,7 @@ def test_bench_runs_and_writes_json(tmp_path):
     res = json.loads(out.read_text())
     env = res["env"]
     assert env["e2edrive_steps_per_s"] > 0 and env["render_frames_per_s"] > 0 and env["race_steps_per_s"] > 0
+    assert env["traffic_steps_per_s"] > 0
     assert env["vector_total_steps_per_s"] > 0
     assert ("ratio" in env) or ("pip install box2d" in env["carracing_note"])
     assert res["torch"]["pilotnet_train_frames_per_s"] > 0 and res["torch"]["pilotnet_cpu_latency_ms"] > 0
