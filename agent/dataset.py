@@ -117,8 +117,9 @@ def _palette_from_meta(meta: dict) -> np.ndarray:
     pal = meta.get("palette")
     try:
         arr = np.asarray(pal, dtype=np.float64)
-        if arr.shape == (N_LABELS, 3) and np.all(np.isfinite(arr)):
-            lut[:N_LABELS] = np.clip(arr, 0, 255).astype(np.uint8)
+        # drives recorded before the traffic colours existed carry fewer labels: keep the defaults
+        if arr.ndim == 2 and arr.shape[1] == 3 and 0 < len(arr) <= N_LABELS and np.all(np.isfinite(arr)):
+            lut[:len(arr)] = np.clip(arr, 0, 255).astype(np.uint8)
     except (TypeError, ValueError):
         pass
     return lut

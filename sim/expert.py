@@ -217,5 +217,5 @@ class RaceExpert:
 
 
 def expert_for(task: str):
-    """The autopilot of a task: `Expert` for lane driving, `RaceExpert` for racing."""
+    """The autopilot of a task: `RaceExpert` for racing, `Expert` for lane driving (it overtakes in traffic)."""
     return RaceExpert() if task == "race" else Expert()
