@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 LOG_EVERY_S = 30.0  # in a log, at most one line per this many seconds...
 LOG_EVERY_FRACTION = 0.1  # ...and per this share of the total (when the total is known)
-LOG_FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt}{unit} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
-LOG_FORMAT_NO_TOTAL = "{desc}: {n_fmt}{unit} [{elapsed}, {rate_fmt}{postfix}]"
+LOG_FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+LOG_FORMAT_NO_TOTAL = "{desc}: {n_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 
 
 class Progress:
@@ -32,7 +32,7 @@ class Progress:
         self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.fields: dict[str, object] = {}
         sized = self._tty and _columns(self.stream) > 0  # a pty may report 0 columns: draw 100 wide
-        self._bar = tqdm(total=total or None, desc=label, unit=unit, unit_scale=isinstance(total, float), leave=True,
+        self._bar = tqdm(total=total or None, desc=label, unit=unit or "it", unit_scale=isinstance(total, float), leave=True,
                          dynamic_ncols=sized, ncols=None if sized else 100,
                          file=self.stream if self._tty else _DISCARD, mininterval=0.1 if self._tty else float("inf"))
         if not self._tty:

@@ -21,7 +21,7 @@ def test_a_long_run_writes_a_short_log(monkeypatch):
     lines = log.getvalue().splitlines()
     assert 5 <= len(lines) <= 11, lines
     assert all("\r" not in ln and ln.startswith("epoch 1/1:") for ln in lines)
-    assert "100%" in lines[-1] and "12000/12000 frames" in lines[-1] and "loss=0.25" in lines[-1]
+    assert "100%" in lines[-1] and "12000/12000 [" in lines[-1] and "frames/s" in lines[-1] and "loss=0.25" in lines[-1]
     short = io.StringIO()
     with Progress(50, "loading drives", stream=short) as bar:
         for _ in range(50):
