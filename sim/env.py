@@ -153,7 +153,7 @@ class DriveEnv(gym.Env):
 
     def step(self, action):
         a = np.asarray(action, dtype=np.float32).reshape(-1)
-        if a.shape != self.action_space.shape or not np.all(np.isfinite(a)):
+        if a.shape != self.action_space.shape or not all(map(math.isfinite, a.tolist())):
             raise ValueError(f"action must be finite with shape {self.action_space.shape}, got {action!r}")
         self._last_action = a
         if self.cfg.task == "race":

@@ -136,6 +136,7 @@ TILE_PX = 128  # the map is drawn lazily in square tiles of this many pixels
 MAP_CACHE_SIZE = 32  # track maps kept per process (least recently used dropped first) ...
 MAP_CACHE_BYTES = 256 << 20  # ... and fewer when their drawn parts take more memory than this
 _PAGE = 4096  # memory page: the unit the OS lends a drawn tile's rows in
+_CHUNK = 32  # shapes per bounding box when looking for the shapes that reach a tile
 _UNDRAWN = 255  # not a label: marks canvas pixels no shape covered (they show the grass)
 _NOISE_THRESHOLD = float(np.float32(0.6))  # darker grass above this noise (as float32 compared it)
 
@@ -213,10 +214,15 @@ class TrackMap:
         self._noise = rng.random((max(h // 40, 2), max(w // 40, 2))).astype(np.float32)
 
         left, right = track.edges()
+        px_left, px_right = px(left), px(right)  # points are rounded one by one, so round them once
+
+        def quads(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            """One quad per segment between two polylines: a[i], a[i+1], b[i+1], b[i]."""
+            return np.stack([a, np.roll(a, -1, 0), np.roll(b, -1, 0), b], 1)
+
         layers: list[tuple[int, str, np.ndarray]] = []
         # the road as one quad per centerline segment (works for tracks that cross themselves)
-        quads = np.stack([left, np.roll(left, -1, 0), np.roll(right, -1, 0), right], 1)
-        layers.append((ASPHALT, "fill", px(quads)))
+        layers.append((ASPHALT, "fill", quads(px_left, px_right)))
 
         # kerbs: red/white stripes just outside the edges where the track bends
         bend = np.abs(track.curvature) > 1.0 / 80.0
@@ -225,11 +231,10 @@ class TrackMap:
         normal = np.stack([-np.sin(h_vec), np.cos(h_vec)], 1)
         kerb_w = 1.2
         stripe = ((track.s // 3.0).astype(int) % 2 == 0)
-        for edge, sign in ((left, 1.0), (right, -1.0)):
-            outer = edge + sign * normal * kerb_w
-            q = np.stack([edge, np.roll(edge, -1, 0), np.roll(outer, -1, 0), outer], 1)
+        for edge, px_edge, sign in ((left, px_left, 1.0), (right, px_right, -1.0)):
+            q = quads(px_edge, px(edge + sign * normal * kerb_w))
             for lab, sel in ((KERB_RED, bend & stripe), (KERB_WHITE, bend & ~stripe)):
-                layers.append((lab, "fill", px(q[sel])))
+                layers.append((lab, "fill", q[sel]))
 
         # edge lines, slightly inside the road: closed polylines, painted segment by segment
         self._line_w = max(1, int(round(0.5 / self.res)))
@@ -260,21 +265,25 @@ class TrackMap:
         self._noise_y = _bilinear_axis(h, sh)
 
     def _index_tiles(self) -> None:
-        """Which shapes reach which tile, as one array sorted by tile (then by painting order)."""
-        ny, nx = self._drawn.shape
-        t_lo = np.clip(self._lo_px // TILE_PX, 0, [nx - 1, ny - 1])
-        t_hi = np.clip((self._hi_px - 1) // TILE_PX, 0, [nx - 1, ny - 1])
-        span = t_hi - t_lo + 1
-        order = np.arange(len(t_lo))
-        tiles, shapes = [], []
-        for dy in range(int(span[:, 1].max())):
-            for dx in range(int(span[:, 0].max())):
-                ok = (dx < span[:, 0]) & (dy < span[:, 1])
-                tiles.append((t_lo[ok, 1] + dy) * nx + t_lo[ok, 0] + dx)
-                shapes.append(order[ok])
-        tiles, shapes = np.concatenate(tiles), np.concatenate(shapes)
-        by_tile = np.lexsort((shapes, tiles))
-        self._tile_of, self._shape_of = tiles[by_tile], shapes[by_tile]
+        """Bounding boxes of runs of `_CHUNK` consecutive shapes: shapes follow the track, so a run
+        covers a short stretch of road and a tile only looks inside the few runs that reach it."""
+        m = len(self._lo_px)
+        pad = -m % _CHUNK
+        lo = np.concatenate([self._lo_px, np.full((pad, 2), np.iinfo(np.int32).max, self._lo_px.dtype)])
+        hi = np.concatenate([self._hi_px, np.full((pad, 2), np.iinfo(np.int32).min, self._hi_px.dtype)])
+        self._chunk_lo = lo.reshape(-1, _CHUNK, 2).min(1)
+        self._chunk_hi = hi.reshape(-1, _CHUNK, 2).max(1)
+
+    def _shapes_in(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """Indices (in painting order) of the shapes whose boxes reach the pixel box [x0, x1) x [y0, y1)."""
+        clo, chi = self._chunk_lo, self._chunk_hi
+        runs = np.flatnonzero((clo[:, 0] < x1) & (chi[:, 0] > x0) & (clo[:, 1] < y1) & (chi[:, 1] > y0))
+        if len(runs) == 0:
+            return runs
+        ids = (runs[:, None] * _CHUNK + np.arange(_CHUNK)).ravel()
+        ids = ids[ids < len(self._lo_px)]
+        lo, hi = self._lo_px[ids], self._hi_px[ids]
+        return ids[(lo[:, 0] < x1) & (hi[:, 0] > x0) & (lo[:, 1] < y1) & (hi[:, 1] > y0)]
 
     def _grass(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """The grass labels of a pixel box: the noise grid interpolated bilinearly, as
@@ -296,10 +305,8 @@ class TrackMap:
         x0, y0 = tx * TILE_PX, ty * TILE_PX
         x1, y1 = min(x0 + TILE_PX, self.width), min(y0 + TILE_PX, self.height)
         tile = self._grass(x0, y0, x1, y1)
-        tid = ty * self._drawn.shape[1] + tx
-        first, last = np.searchsorted(self._tile_of, [tid, tid + 1])
-        if last > first:
-            ids = self._shape_of[first:last]
+        ids = self._shapes_in(x0, y0, x1, y1)
+        if len(ids):
             lo, hi = self._lo_px[ids].min(0), self._hi_px[ids].max(0)
             cx0, cy0 = min(x0, int(lo[0])), min(y0, int(lo[1]))
             cx1, cy1 = max(x1, int(hi[0])), max(y1, int(hi[1]))
@@ -309,7 +316,7 @@ class TrackMap:
             for (lab, kind, shapes), i, j, start in zip(self._layers, bounds[:-1], bounds[1:], self._layer_start):
                 if j == i:
                     continue
-                picked = list(shapes[ids[i:j] - start] - offset)
+                picked = shapes[ids[i:j] - start] - offset  # (k, corners, 2): k shapes in one call
                 if kind == "fill":
                     cv2.fillPoly(canvas, picked, lab, lineType=cv2.LINE_8, shift=self._SHIFT)
                 else:
@@ -319,9 +326,9 @@ class TrackMap:
             tile = np.where(painted == _UNDRAWN, tile, painted)
         self.labels[y0:y1, x0:x1] = tile
         self._drawn[ty, tx] = True
-        row_start = np.arange(y0, y1) * self.width
-        self._pages[(row_start + x0) // _PAGE] = True
-        self._pages[(row_start + x1 - 1) // _PAGE] = True
+        rows = np.arange(y0 * self.width, y1 * self.width, self.width)
+        self._pages[(rows + x0) // _PAGE] = True
+        self._pages[(rows + (x1 - 1)) // _PAGE] = True
 
 
 def _lazy_zeros(h: int, w: int) -> np.ndarray:
@@ -437,7 +444,7 @@ class Camera:
 
     def colour(self, labels: np.ndarray) -> np.ndarray:
         """Labels to the RGB frame with this camera's palette (area-averaged when supersampled)."""
-        rgb = cv2.LUT(cv2.cvtColor(labels, cv2.COLOR_GRAY2RGB), self.palette.reshape(256, 1, 3))
+        rgb = cv2.applyColorMap(labels, self.palette.reshape(256, 1, 3))  # a lookup table per label
         if self.ss > 1:
             rgb = cv2.resize(rgb, (self.cfg.width, self.cfg.height), interpolation=cv2.INTER_AREA)
         return rgb
@@ -446,17 +453,24 @@ class Camera:
         """Have the map draw the tiles this frame reads: the pixel centres of the frame's rows from
         `top_row` down, mapped into the map through the warp matrix (2x3 affine or 3x3 homography).
         The image of that rectangle is convex, so its corners bound it."""
-        xs, ys = [], []
-        for u in (0.0, self.out_w - 1.0):
-            for v in (top_row, self.out_h - 1.0):
-                px = m[0, 0] * u + m[0, 1] * v + m[0, 2]
-                py = m[1, 0] * u + m[1, 1] * v + m[1, 2]
-                if m.shape[0] == 3:
-                    wz = m[2, 0] * u + m[2, 1] * v + m[2, 2]
-                    px, py = px / wz, py / wz
-                xs.append(px)
-                ys.append(py)
-        self.map.ensure(min(xs) - 2, min(ys) - 2, max(xs) + 2, max(ys) + 2)
+        u1, v0, v1 = self.out_w - 1.0, top_row, self.out_h - 1.0
+        rows = m.tolist()
+        if len(rows) == 2:  # affine: the box follows from the signs of the coefficients
+            (a, b, c), (d, e, f) = rows
+            x0 = c + min(0.0, a * u1) + min(b * v0, b * v1)
+            x1 = c + max(0.0, a * u1) + max(b * v0, b * v1)
+            y0 = f + min(0.0, d * u1) + min(e * v0, e * v1)
+            y1 = f + max(0.0, d * u1) + max(e * v0, e * v1)
+        else:
+            (a, b, c), (d, e, f), (g, h, k) = rows
+            xs, ys = [], []
+            for u in (0.0, u1):
+                for v in (v0, v1):
+                    w = g * u + h * v + k
+                    xs.append((a * u + b * v + c) / w)
+                    ys.append((d * u + e * v + f) / w)
+            x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+        self.map.ensure(x0 - 2, y0 - 2, x1 + 2, y1 + 2)
 
     def view_radius_m(self) -> float:
         """How far from the car anything in this camera's frame can be."""

@@ -71,6 +71,8 @@ class Track:
         ds[0] += self.length
         ds[-1] += self.length
         self.curvature = dtheta / np.maximum(ds, 1e-9)
+        self._columns = (self.xy[:, 0].copy(), self.xy[:, 1].copy(), seg[:, 0].copy(), seg[:, 1].copy(),
+                         self._seg_len ** 2)
 
     # -- geometry -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -106,26 +108,33 @@ class Track:
         With `s_hint` only segments within `window` metres of it are searched, so a track that
         crosses itself (Suzuka) never makes the car jump to the other branch.
         """
-        if s_hint is None:
-            idx = np.arange(len(self.xy))
-        else:
-            step = self.length / len(self.xy)
+        n = len(self.xy)
+        first, count = 0, n
+        if s_hint is not None:
+            step = self.length / n
             lo = int(math.floor(window[0] / step))
             hi = int(math.ceil(window[1] / step))
-            idx = (self.index_at(s_hint) + np.arange(lo, hi + 1)) % len(self.xy)
-        p0 = self.xy[idx]
-        d = self._seg[idx]
-        rel = np.array([x, y]) - p0
-        t = np.clip((rel * d).sum(1) / (self._seg_len[idx] ** 2), 0.0, 1.0)
-        diff = rel - d * t[:, None]
-        dist2 = (diff * diff).sum(1)
+            first, count = (self.index_at(s_hint) + lo) % n, hi - lo + 1
+        # the same arithmetic as on (N, 2) arrays, per coordinate, on a slice when the window
+        # does not wrap: a step's projection is a few dozen small numpy calls, not a hundred
+        cx, cy, cd0, cd1, clen2 = self._columns
+        if first + count <= n:
+            e = first + count
+            x0, y0, d0, d1, len2 = cx[first:e], cy[first:e], cd0[first:e], cd1[first:e], clen2[first:e]
+        else:
+            pick = (first + np.arange(count)) % n
+            x0, y0, d0, d1, len2 = cx.take(pick), cy.take(pick), cd0.take(pick), cd1.take(pick), clen2.take(pick)
+        rel0, rel1 = x - x0, y - y0
+        t = np.minimum(np.maximum((rel0 * d0 + rel1 * d1) / len2, 0.0), 1.0)  # np.clip, with less overhead
+        diff0, diff1 = rel0 - d0 * t, rel1 - d1 * t
+        dist2 = diff0 * diff0 + diff1 * diff1
         k = int(np.argmin(dist2))
-        i = int(idx[k])
-        cross = d[k, 0] * rel[k, 1] - d[k, 1] * rel[k, 0]
+        i = (first + k) % n
+        cross = float(d0[k]) * float(rel1[k]) - float(d1[k]) * float(rel0[k])
         offset = math.copysign(math.sqrt(dist2[k]), cross) if cross != 0 else 0.0
-        s = (self.s[i] + t[k] * self._seg_len[i]) % self.length
-        return Projection(s=float(s), offset=float(offset),
-                          heading_error=float(_wrap(yaw - self.heading[i])), index=i)
+        s = (float(self.s[i]) + float(t[k]) * float(self._seg_len[i])) % self.length
+        heading_error = (yaw - float(self.heading[i]) + math.pi) % (2 * math.pi) - math.pi
+        return Projection(s=s, offset=float(offset), heading_error=heading_error, index=i)
 
     def half_width(self, index: int, offset: float) -> float:
         """Distance from the centerline to the edge on the side of `offset`."""
@@ -378,11 +387,13 @@ def _round_corners(xy: np.ndarray, min_radius: float, max_iter: int = 3000) -> n
     neighbours, all at once. Only the windows around tight stretches are computed."""
     xy = xy.copy()
     for it in range(0, max_iter, 8):
-        a, c = np.roll(xy, 2, 0), np.roll(xy, -2, 0)
-        ab = np.hypot(*(xy - a).T)
-        bc = np.hypot(*(c - xy).T)
-        ac = np.hypot(*(c - a).T)
-        cross = np.abs((xy - a)[:, 0] * (c - a)[:, 1] - (xy - a)[:, 1] * (c - a)[:, 0])
+        ring = np.concatenate([xy[-2:], xy, xy[:2]])
+        a, c = ring[:-4], ring[4:]  # the points 2 before and 2 after
+        xa, ca, cx = xy - a, c - a, c - xy
+        ab = np.hypot(xa[:, 0], xa[:, 1])
+        bc = np.hypot(cx[:, 0], cx[:, 1])
+        ac = np.hypot(ca[:, 0], ca[:, 1])
+        cross = np.abs(xa[:, 0] * ca[:, 1] - xa[:, 1] * ca[:, 0])
         kappa = 2 * cross / np.maximum(ab * bc * ac, 1e-12)  # Menger curvature
         tight = kappa * min_radius > 1.0
         if not tight.any():
@@ -407,26 +418,31 @@ def _diffuse(xy: np.ndarray, tight: np.ndarray, steps: int) -> None:
     each side, laid end to end, so each step is a handful of slice additions."""
     n = len(xy)
     pos = np.flatnonzero(tight)
-    gaps = np.diff(pos, append=pos[0] + n)  # distance from each tight point to the next one
+    gaps = np.empty_like(pos)  # distance from each tight point to the next one, around the ring
+    gaps[:-1] = pos[1:] - pos[:-1]
+    gaps[-1] = pos[0] + n - pos[-1]
     k = int(np.argmax(gaps))
     if gaps[k] <= 7:  # (nearly) the whole ring is tight: no place to cut it open
         return _diffuse_all(xy, tight, steps)
     start = int(pos[k]) + int(gaps[k]) // 2  # open the ring in the middle of the widest gap
-    rel = np.sort((pos - start) % n)
-    cut = np.flatnonzero(np.diff(rel) > 7)  # windows of runs further apart than this do not touch
-    first = rel[np.r_[0, cut + 1]] - 3
-    last = rel[np.r_[cut, len(rel) - 1]] + 3
-    where = (np.concatenate([np.arange(f, e + 1) for f, e in zip(first, last)]) + start) % n
+    rel = np.concatenate([pos[k + 1:] - start, pos[:k + 1] + (n - start)])  # sorted
+    cut = np.flatnonzero(rel[1:] - rel[:-1] > 7)  # windows of runs further apart do not touch
+    first = np.concatenate([rel[:1], rel[cut + 1]]) - 3
+    size = np.concatenate([rel[cut], rel[-1:]]) + 4 - first
+    offsets = np.repeat(first - (np.cumsum(size) - size), size)
+    where = (offsets + np.arange(int(size.sum())) + start) % n
     p = xy[where]
     move = tight[where][3:-3, None]
-    for _ in range(steps):
-        s = p[6:] + p[5:-1]
-        s += p[4:-2]
-        s += p[2:-4]
-        s += p[1:-5]
-        s += p[:-6]
+    ahead3, ahead2, ahead1, centre, back1, back2, back3 = (p[i:len(p) - 6 + i] for i in (6, 5, 4, 3, 2, 1, 0))
+    s = np.empty_like(centre)
+    for _ in range(steps):  # views of p: each step sees the previous one's moves
+        np.add(ahead3, ahead2, out=s)
+        s += ahead1
+        s += back1
+        s += back2
+        s += back3
         s /= 6
-        np.copyto(p[3:-3], s, where=move)
+        np.copyto(centre, s, where=move)
     xy[where] = p
 
 
@@ -608,3 +624,9 @@ def load_track(spec: str) -> Track:
 
 def load_tracks(spec: str) -> list[Track]:
     return [load_track(s) for s in parse_spec(spec)]
+
+
+def forget(spec: str) -> None:
+    """Drop one track from this process's cache (the disk cache keeps it): the next `load_track`
+    of it is a first visit again. For measuring resets."""
+    _CACHE.pop(spec, None)

@@ -11,13 +11,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_runs_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, str(ROOT / "run_drive.py"), "bench", "--seconds", "0.3", "--rounds", "1",
-                        "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+                        "--vector-envs", "1,2", "--skip-memory", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
     env = res["env"]
     assert env["e2edrive_steps_per_s"] > 0 and env["render_frames_per_s"] > 0 and env["race_steps_per_s"] > 0
     assert env["traffic_steps_per_s"] > 0
-    assert env["vector_total_steps_per_s"] > 0
+    assert env["resets_steps_per_s"] > 0 and env["resets_episode_steps"] < 400  # it did leave the road
+    assert set(env["vector_steps_per_s"]) == {"plain", "1", "2"} and min(env["vector_steps_per_s"].values()) > 0
+    assert env["vector_ratio_2"] > 0 and env["vector_scaling_2"] > 0
+    resets = env["reset_ms"]
+    assert min(resets[k] for k in ("generated", "from_disk", "revisit")) > 0
     assert ("ratio" in env) or ("pip install box2d" in env["carracing_note"])
     assert res["torch"]["pilotnet_train_frames_per_s"] > 0 and res["torch"]["pilotnet_cpu_latency_ms"] > 0
-    assert "E2EDrive-v0 steps/s" in r.stdout
+    assert "E2EDrive-v0 steps/s" in r.stdout and "reset, revisit" in r.stdout

@@ -5,16 +5,21 @@ f9e19c3: whole map drawn at once, coloured, then warped); `reference_tracks.npz`
 before the generator was sped up (every 10th point).
 """
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sim import Camera, camera_from_name, load_track
-from sim.render import CameraConfig, default_palette, random_palette
+from sim.render import TILE_PX, CameraConfig, default_palette, random_palette
 from sim.track import generate
 
-DATA = __import__("pathlib").Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
 
 # Grass shade comes from a noise grid upsampled bilinearly; OpenCV did it in float32 over the whole
 # map, the tiles do it in float64, so a pixel sitting on the shade threshold may flip (measured: 1-3
@@ -96,3 +101,27 @@ def test_generated_tracks_are_remembered_on_disk(tmp_path, monkeypatch):
     assert np.array_equal(np.load(files[0])["xy"], fresh.xy)
     monkeypatch.setenv("E2E_DRIVE_CACHE", "off")
     assert np.array_equal(trackmod.generate_cached(11).xy, fresh.xy)
+
+
+def test_memory_stays_bounded_over_20_tracks_with_random_palettes():
+    """The issue's memory figure, small: 20 tracks, a new palette each episode, in a fresh process.
+    The full-map renderer peaked above 1 GB here (a coloured copy of each map per palette)."""
+    code = "import json, agent.bench as b; print(json.dumps(b.memory_cycle(passes=1, steps=60)))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["episodes"] == 20
+    assert res["peak_rss_mb"] < 600
+
+
+def test_a_map_draws_only_the_tiles_cameras_look_at():
+    t = generate(5)  # a track object of its own: a map of its own, nothing drawn yet
+    cam = Camera(t)
+    tiles = cam.map._drawn
+    p, h = t.point_at(0.0), t.heading_at(0.0)
+    first = cam.render(p[0], p[1], h)
+    drawn = int(tiles.sum())
+    assert 0 < drawn <= 16 < tiles.size  # a 40 m view reads at most 4 x 4 tiles of 25.6 m
+    assert np.array_equal(cam.render(p[0], p[1], h), first) and tiles.sum() == drawn  # nothing new
+    assert cam.map.resident_bytes <= drawn * TILE_PX * 2 * 4096
