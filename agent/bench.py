@@ -4,7 +4,7 @@ E2EDrive-v0 steps/s against Gymnasium's CarRacing-v3 (same loop, same wrappers, 
 on one track and on the default config with frequent resets; reset times (first visit, revisit)
 against CarRacing-v3's; async vector envs' total steps/s for 1, 2, 4 and 8 envs; render-only
 frames/s; peak memory over 20 tracks with random palettes; and (with torch) training frames/s and the
-policy's latency per frame at batch 1.
+policy's latency per frame at batch 1, in torch and in onnxruntime (exported as `export` does).
 """
 
 from __future__ import annotations
@@ -304,19 +304,15 @@ def bench_torch(seconds: float, camera: str, device: str) -> dict:
             best = max(best, rate)
         res[f"{arch}_train_frames_per_s"] = best
         res[f"{arch}_params"] = sum(p.numel() for p in model.parameters())
-        # latency: frame -> steering at batch 1 on the CPU with one thread, as the driving loops run it
-        model = model.cpu().eval()
-        torch.set_num_threads(1)
-        one = frames[:1]
-        with torch.inference_mode():
-            for _ in range(10):
-                model(torch.as_tensor(preprocess(one)))
-            k = 0
-            t0 = time.perf_counter()
-            while time.perf_counter() - t0 < min(seconds, 2.0):
-                model(torch.as_tensor(preprocess(one)))
-                k += 1
-        res[f"{arch}_cpu_latency_ms"] = 1000 * (time.perf_counter() - t0) / k
+        # latency: frame -> steering at batch 1 on the CPU with one thread, as the driving loops run it,
+        # in torch and in onnxruntime side by side
+        from agent.export import compare_latency
+        lat = compare_latency(model, cam, seconds=min(seconds, 2.0) / 2)
+        res[f"{arch}_cpu_latency_ms"] = lat["torch_ms"]
+        if "onnxruntime_ms" in lat:
+            res[f"{arch}_onnxruntime_latency_ms"] = lat["onnxruntime_ms"]
+        else:
+            res["onnxruntime_note"] = lat["onnxruntime_note"]
     res["batch"] = batch
     return res
 
@@ -388,13 +384,16 @@ def main(args) -> int:
             for arch in ("pilotnet", "small"):
                 rows += [[f"{arch} ({t[f'{arch}_params']:,} params) training frames/s, batch {t['batch']}, "
                           f"{t['device']}", f"{t[f'{arch}_train_frames_per_s']:,.0f}"],
-                         [f"{arch} policy latency per frame, batch 1, cpu, 1 thread",
+                         [f"{arch} policy latency per frame, batch 1, cpu, 1 thread: torch",
                           f"{t[f'{arch}_cpu_latency_ms']:.2f} ms"]]
+                if f"{arch}_onnxruntime_latency_ms" in t:
+                    ort_ms = t[f"{arch}_onnxruntime_latency_ms"]
+                    rows += [[f"{arch} policy latency per frame, batch 1, cpu, 1 thread: onnxruntime",
+                              f"{ort_ms:.2f} ms ({t[f'{arch}_cpu_latency_ms'] / ort_ms:.1f}x torch's speed)"]]
     print(table(["measure", "value"], rows, title="\nE2E Drive bench"))
-    if "carracing_note" in e:
-        print(e["carracing_note"])
-    if "note" in m:
-        print(m["note"])
+    for note in (e.get("carracing_note"), m.get("note"), res.get("torch", {}).get("onnxruntime_note")):
+        if note:
+            print(note)
     if args.json:
         atomic_write_text(args.json, json.dumps(res, indent=2))
         print(f"wrote {args.json}")

@@ -42,6 +42,7 @@ VIDEO_FRAMES = 1200  # a minute at 20 Hz: the start of the first lap of the firs
 EXAMPLES = """examples:
   python run_drive.py eval --expert --tracks procedural:0-99 --laps 1 --json out/expert.json
   python run_drive.py eval --model data/models/pilot --tracks procedural:1000-1019 --laps 1 --compare-expert
+  python run_drive.py eval --model data/models/pilot.onnx --tracks procedural:1000-1004   # in onnxruntime
   python run_drive.py eval --model data/models/pilot --tracks real:all --workers 2 \\
       --video out/drive.mp4 --plot out/plots --json out/real.json
 
@@ -356,6 +357,9 @@ def evaluate(driver, tracks_spec: str, laps: int = 1, *, seed: int = 0, randomis
                   randomise_palette=randomise_palette, random_start=False)
     if isinstance(driver, PolicyDriver):
         driver.policy.check_env(cfg)
+        if saliency and video is not None:
+            from .saliency import require_gradients
+            require_gradients(driver.policy)
     video_job = None if video is None else {"index": 0, "path": str(video), "max_frames": int(video_frames),
                                             "saliency": bool(saliency)}
     keep = plot_dir is not None
@@ -443,7 +447,8 @@ def write_json(path: str | os.PathLike, report: dict) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--expert", action="store_true", help="evaluate the autopilot (no torch needed)")
-    who.add_argument("--model", metavar="MODEL_DIR", help="a policy folder made by `train`")
+    who.add_argument("--model", metavar="MODEL", help="a policy folder made by `train`, or a .onnx made by `export` "
+                     "(its figures are added to the model card)")
     parser.add_argument("--tracks", default="procedural:1000-1019", metavar="SPEC",
                         help="tracks to drive (default procedural:1000-1019, never used for training)")
     parser.add_argument("--laps", type=int, default=1, help="laps per track (default 1)")
@@ -481,6 +486,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"plots: {Path(args.plot)} ({len(report['plots'])} PNG)")
     if args.json:
         print(f"json: {write_json(args.json, report)}")
+    if args.model:
+        from .modelcard import record_eval
+        try:
+            print(f"model card: {record_eval(args.model, report)}")
+        except OSError as e:  # a read-only policy folder: the evaluation itself is done and printed
+            print(f"warning: could not add the figures to the model card ({e.strerror or e})", file=sys.stderr)
     return 0
 
 

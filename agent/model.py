@@ -3,9 +3,11 @@
 `build_model` makes a PilotNet-shaped CNN (fixed normalisation, three strided 5x5 convolutions, two
 3x3 convolutions, a 100-50-10 dense head, one tanh steering output) sized from the camera frame, or
 a `small` variant that trains several times faster. A saved policy is a folder holding
-`model.safetensors` (weights only) and `card.json` (what it is and how it was made); `load_policy`
-rebuilds it from those two files with no pickle and no training code, and refuses anything that
-does not add up with a one-line `UserError` naming the file.
+`model.safetensors` (weights only), `card.json` (what it is and how it was made) and `README.md`
+(the model card, rendered from card.json); `load_policy` rebuilds it from the first two with no
+pickle and no training code, and refuses anything that does not add up with a one-line `UserError`
+naming the file. Given a `.onnx` file made by `export`, `load_policy` returns an `OnnxPolicy` instead:
+the same interface, run by onnxruntime.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from sim.errors import UserError
 from sim.files import atomic_write, read_json_object
 from sim.render import CameraConfig
 
+from .modelcard import CARD_FILE, card_path, is_onnx, write_model_card
 from .preprocess import PREPROCESS, preprocess
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
-CARD_FILE = "card.json"
 
 # (out_channels, kernel, stride) per conv layer, then the dense head widths
 ARCHS: dict[str, tuple[tuple[tuple[int, int, int], ...], tuple[int, ...]]] = {
@@ -99,8 +101,10 @@ def save_policy(folder: str | os.PathLike, model: nn.Module, card: dict) -> Path
     full.update(format_version=FORMAT_VERSION, preprocess=dict(PREPROCESS), weights=WEIGHTS_FILE,
                 weights_sha256=hashlib.sha256(blob).hexdigest(),
                 parameters=count_parameters(getattr(model, "module", model)))
+    text = json.dumps(full, indent=2, default=_json_default) + "\n"
     atomic_write(folder / WEIGHTS_FILE, blob)
-    atomic_write(folder / CARD_FILE, (json.dumps(full, indent=2, default=_json_default) + "\n").encode())
+    atomic_write(folder / CARD_FILE, text.encode())
+    write_model_card(folder, json.loads(text))
     return folder
 
 
@@ -131,15 +135,18 @@ def single_thread_inference():
         torch.set_num_threads(before)
 
 
-class Policy:
-    """A loaded policy: frames in, steering out. `card` is the parsed card.json."""
+class _CardPolicy:
+    """What every loaded policy shares, whatever runs it: the card's env settings and their checks,
+    and steering as the first column of `act_batch`."""
 
-    def __init__(self, folder: Path, model: nn.Module, card: dict, env_cfg: EnvConfig, device: str):
-        self.folder = folder
-        self.model = model.eval()
-        self.card = card
-        self._env_cfg = env_cfg
-        self.device = device
+    path: Path  # the policy folder, or the .onnx file
+    card: dict
+    _env_cfg: EnvConfig
+
+    @property
+    def folder(self) -> Path:
+        """The folder holding the policy (an ONNX file's folder)."""
+        return self.path.parent if is_onnx(self.path) else self.path
 
     @property
     def camera(self) -> CameraConfig:
@@ -152,20 +159,19 @@ class Policy:
     def check_env(self, env_cfg: EnvConfig) -> None:
         """Refuse an env whose camera or control period differs from what the policy learned on."""
         mine, theirs = self._env_cfg, env_cfg
+        where = card_path(self.path)
         if asdict(mine.camera) != asdict(theirs.camera):
             diff = [k for k, v in asdict(mine.camera).items() if getattr(theirs.camera, k) != v]
-            raise UserError(f"{self.folder / CARD_FILE}: policy was trained with camera "
+            raise UserError(f"{where}: policy was trained with camera "
                             f"{_describe_camera(mine.camera)} but the env uses {_describe_camera(theirs.camera)} "
                             f"(differs in {', '.join(diff)})")
         if mine.car.dt != theirs.car.dt:
-            raise UserError(f"{self.folder / CARD_FILE}: policy was trained at dt={mine.car.dt} s but the env "
+            raise UserError(f"{where}: policy was trained at dt={mine.car.dt} s but the env "
                             f"steps at dt={theirs.car.dt} s")
 
-    @torch.inference_mode()
     def act_batch(self, frames: np.ndarray) -> np.ndarray:
-        """Actions (N, outputs) in [-1, 1] for uint8 frames (N, H, W, 3): steering first."""
-        x = torch.from_numpy(preprocess(frames)).to(self.device)
-        return self.model(x).float().cpu().numpy()
+        """All outputs (N, k) in [-1, 1] for uint8 frames (N, H, W, 3); column 0 is steering."""
+        raise NotImplementedError
 
     def steer_batch(self, frames: np.ndarray) -> np.ndarray:
         """Steering in [-1, 1] for uint8 frames (N, H, W, 3)."""
@@ -176,7 +182,59 @@ class Policy:
         return float(self.steer_batch(frame)[0])
 
     def __repr__(self) -> str:
-        return f"Policy({self.folder}, arch={self.card.get('arch')}, camera={_describe_camera(self.camera)})"
+        return (f"{type(self).__name__}({self.path}, arch={self.card.get('arch')}, "
+                f"camera={_describe_camera(self.camera)})")
+
+
+class Policy(_CardPolicy):
+    """A loaded policy folder, run by torch: frames in, steering out. `card` is the parsed card.json."""
+
+    runtime = "torch"
+
+    def __init__(self, folder: Path, model: nn.Module, card: dict, env_cfg: EnvConfig, device: str):
+        self.path = folder
+        self.model = model.eval()
+        self.card = card
+        self._env_cfg = env_cfg
+        self.device = device
+
+    @torch.inference_mode()
+    def act_batch(self, frames: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(preprocess(frames)).to(self.device)
+        return self.model(x).float().cpu().numpy()
+
+
+class OnnxPolicy(_CardPolicy):
+    """A policy exported by `export` (NAME.onnx with NAME.card.json beside it), run by onnxruntime.
+
+    The graph takes the camera's uint8 frames (N, H, W, 3) as they are (preprocessing is inside it)
+    and returns all outputs (N, k). One intra-op thread by default, like `single_thread_inference`.
+    It has no torch network, so nothing that needs gradients (saliency, training) can use it.
+    """
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, session, card: dict, env_cfg: EnvConfig, device: str):
+        self.path = path
+        self.session = session
+        self.card = card
+        self._env_cfg = env_cfg
+        self.device = device
+        self._input = session.get_inputs()[0].name
+
+    @property
+    def model(self):
+        raise UserError(f"{self.path}: an ONNX policy runs in onnxruntime and has no torch network (no gradients "
+                        f"for saliency or training); use the policy folder it was exported from "
+                        f"({self.card.get('exported_from', 'see its card')})")
+
+    def act_batch(self, frames: np.ndarray) -> np.ndarray:
+        a = np.asarray(frames)
+        if a.ndim == 3:
+            a = a[None]
+        if a.dtype != np.uint8:
+            raise ValueError(f"expected uint8 frames, got {a.dtype}")
+        return self.session.run(None, {self._input: np.ascontiguousarray(a)})[0]
 
 
 def read_card(folder: str | os.PathLike) -> dict:
@@ -204,11 +262,14 @@ def read_card(folder: str | os.PathLike) -> dict:
     return card
 
 
-def load_policy(folder: str | os.PathLike, device: str = "cpu") -> Policy:
-    """Load a policy folder made by `save_policy`: safetensors + JSON only, everything checked."""
+def load_policy(folder: str | os.PathLike, device: str = "cpu") -> Policy | OnnxPolicy:
+    """Load a policy folder made by `save_policy` (safetensors + JSON only, everything checked), or a
+    `.onnx` file made by `export` (through `load_onnx_policy`)."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
+    if is_onnx(folder):
+        return load_onnx_policy(folder, device)
     folder = Path(folder)
     card = read_card(folder)
     card_path = folder / CARD_FILE
@@ -240,3 +301,76 @@ def load_policy(folder: str | os.PathLike, device: str = "cpu") -> Policy:
     except (RuntimeError, AssertionError) as e:
         raise UserError(f"--device {device}: cannot use it ({str(e).splitlines()[0]})") from None
     return Policy(folder, model, card, env_cfg, device)
+
+
+def read_onnx_card(path: str | os.PathLike) -> dict:
+    """The parsed card beside an exported `NAME.onnx` (`NAME.card.json`), checked for shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: ONNX policy not found" if not path.exists() else f"{path}: not a file")
+    where = card_path(path)
+    if not where.is_file():
+        raise UserError(f"{where}: missing (`export` writes it beside {path.name}: "
+                        f"python run_drive.py export --model POLICY_FOLDER --onnx {path})")
+    card = read_json_object(where, "not a valid ONNX policy card")
+    if card.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{where}: policy format version {card.get('format_version')!r}, "
+                        f"this program reads version {FORMAT_VERSION}")
+    onnx = card.get("onnx")
+    if not isinstance(onnx, dict) or not isinstance(onnx.get("sha256"), str):
+        raise UserError(f"{where}: not an ONNX policy card (no 'onnx' section with the file's sha256)")
+    return card
+
+
+def onnx_providers(device: str) -> list[str]:
+    """onnxruntime execution providers for `--device`: cpu, cuda (when onnxruntime has it) or auto."""
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    if device == "auto":
+        device = "cuda" if "CUDAExecutionProvider" in have else "cpu"
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.split(":")[0] == "cuda" and "CUDAExecutionProvider" in have:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise UserError(f"--device {device}: onnxruntime here runs on {', '.join(have)} "
+                    "(for CUDA: pip install onnxruntime-gpu)")
+
+
+def load_onnx_policy(path: str | os.PathLike, device: str = "cpu", threads: int = 1) -> OnnxPolicy:
+    """Load `NAME.onnx` made by `export`, with its card beside it, into an onnxruntime session of
+    `threads` intra-op threads; the file's hash, its input and the card's camera are checked."""
+    path = Path(path)
+    card = read_onnx_card(path)
+    where = card_path(path)
+    try:
+        env_cfg = EnvConfig.from_dict(card["env"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{where}: bad 'env' settings ({type(e).__name__}: {e})") from None
+    blob = path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != card["onnx"]["sha256"]:
+        raise UserError(f"{path}: does not match {where.name} (hash differs: file changed or half-written)")
+    try:
+        import onnxruntime as ort
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+    except ImportError:
+        raise UserError(f"{path}: running an ONNX policy needs onnxruntime: pip install -e \".[onnx]\"") from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # errors only: they become one UserError line below
+    errors = tuple(getattr(ort_errors, n) for n in ("InvalidProtobuf", "InvalidGraph", "Fail", "InvalidArgument",
+                                                   "NotImplemented", "RuntimeException") if hasattr(ort_errors, n))
+    try:
+        session = ort.InferenceSession(blob, opts, providers=onnx_providers(device))
+    except errors as e:
+        raise UserError(f"{path}: not a valid ONNX policy ({str(e).splitlines()[0][:160]})") from None
+    inputs = session.get_inputs()
+    cam = env_cfg.camera
+    want = [cam.height, cam.width, 3]
+    if (len(inputs) != 1 or inputs[0].type != "tensor(uint8)" or len(inputs[0].shape) != 4
+            or list(inputs[0].shape[1:]) != want):
+        got = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
+        raise UserError(f"{path}: input is {got}, but {where.name} says uint8 frames (N, {cam.height}, "
+                        f"{cam.width}, 3) from camera {_describe_camera(cam)}")
+    return OnnxPolicy(path, session, card, env_cfg, device)

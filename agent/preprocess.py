@@ -3,6 +3,8 @@
 Training (`agent.dataset`) and driving (`agent.model.Policy`) both call `preprocess`, so what the
 network sees on the road is exactly what it saw while learning. Its name and version are written
 into every policy card; a policy made with another preprocessing is refused at load time.
+`preprocess_in_graph` is the same step as torch operations, for an exported ONNX graph that takes
+the camera's uint8 frames as they are (tests check the two agree bit for bit).
 """
 
 from __future__ import annotations
@@ -35,3 +37,11 @@ def to_tensor(frames: np.ndarray, device="cpu"):
     import torch
 
     return torch.from_numpy(preprocess(frames)).to(device, non_blocking=True)
+
+
+def preprocess_in_graph(frames):
+    """`preprocess` for a uint8 torch tensor (N, H, W, 3), in torch operations an exporter can trace:
+    the same float32 multiply by 1/255, so the ONNX policy sees the very numbers training did."""
+    import torch
+
+    return frames.permute(0, 3, 1, 2).to(torch.float32) * np.float32(1.0 / 255.0).item()

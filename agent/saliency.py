@@ -137,6 +137,15 @@ def saliency_maps(model: nn.Module, frames: np.ndarray, device: str | torch.devi
     return METHODS[method](model, frames, device)
 
 
+def require_gradients(policy) -> None:
+    """Saliency differentiates the torch network: refuse a policy without one (an ONNX policy) in
+    one line, before any driving starts."""
+    if getattr(policy, "runtime", "torch") != "torch":
+        raise UserError(f"{policy.path}: saliency needs the torch network's gradients, but this policy runs in "
+                        f"{policy.runtime}; use the policy folder it was exported from "
+                        f"({policy.card.get('exported_from', 'see its card')})")
+
+
 def saliency_map(policy, frame: np.ndarray, method: str = "gradient") -> np.ndarray:
     """The saliency map of one uint8 frame (H, W, 3) for a loaded `Policy` (or a bare model):
     (H, W) float32 in [0, 1]."""
@@ -235,6 +244,7 @@ def saliency_grid(model_dir: str | os.PathLike, drive_dir: str | os.PathLike, ou
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder, give a .png file name")
     policy = load_policy(model_dir, device=device)
+    require_gradients(policy)
     try:
         paths = find_drives(drive_dir)
     except UserError as e:

@@ -30,6 +30,7 @@ EXAMPLES = """examples:
   python run_drive.py watch --model data/models/pilot --track procedural:1000
   python run_drive.py watch --model data/models/pilot --track real:spa --laps 2
   python run_drive.py watch --model data/models/pilot --track challenge:0-9 --laps 1 --speed 4
+  python run_drive.py watch --model data/models/pilot.onnx      # an exported policy, in onnxruntime
 
 keys: T or Space take over / give back (a steering key also takes over), arrows or A/D steer while you
       drive, + and - speed up / slow down (1x..8x), P pause, R restart the lap, Esc quit.
@@ -68,7 +69,7 @@ class WatchResult:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="policy folder (made by `train`)")
+    parser.add_argument("--model", required=True, help="policy folder (made by `train`) or .onnx (made by `export`)")
     parser.add_argument("--track", default="procedural:1000", help="track SPEC (default procedural:1000, "
                         "never trained on); several tracks are driven one after another")
     parser.add_argument("--laps", type=int, default=0, help="laps per track (default 0: drive until Esc)")
@@ -100,6 +101,7 @@ def saliency_overlay(policy) -> Callable[[np.ndarray], np.ndarray]:
         if e.name != "agent.saliency":
             raise
         raise UserError("--saliency: saliency maps are not available in this version") from None
+    saliency.require_gradients(policy)
     return lambda frame: saliency.saliency_overlay(policy, frame)
 
 

@@ -70,7 +70,7 @@ def test_pilotnet_size_is_pilotnet_like():
 
 def test_round_trip_and_policy_steers_like_the_model(tmp_path):
     folder, model = _saved(tmp_path)
-    assert sorted(p.name for p in folder.iterdir()) == [CARD_FILE, WEIGHTS_FILE]  # no temp files left
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", CARD_FILE, WEIGHTS_FILE]  # no temp files
     card = json.loads((folder / CARD_FILE).read_text())
     assert card["arch"] == "pilotnet" and card["preprocess"]["name"] and card["format_version"] == 1
     policy = load_policy(folder)
