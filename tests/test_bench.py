@@ -25,4 +25,6 @@ def test_bench_runs_and_writes_json(tmp_path):
     assert min(resets[k] for k in ("generated", "from_disk", "revisit")) > 0
     assert ("ratio" in env) or ("pip install box2d" in env["carracing_note"])
     assert res["torch"]["pilotnet_train_frames_per_s"] > 0 and res["torch"]["pilotnet_cpu_latency_ms"] > 0
+    assert res["torch"]["pilotnet_onnxruntime_latency_ms"] > 0  # the exported policy, side by side
+    assert "1 thread: onnxruntime" in r.stdout
     assert "E2EDrive-v0 steps/s" in r.stdout and "reset, revisit" in r.stdout

@@ -1,6 +1,7 @@
 """ONNX export and onnxruntime policies as a user meets them: train a tiny policy on real drives, export
 it, drive the same track with both runtimes through the real CLI, and read the model cards."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -62,7 +63,7 @@ def test_the_file_is_self_contained_and_its_card_says_what_the_input_is(exported
     onnx.checker.check_model(model)
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-    (inp,), (out,) = model.graph.input, model.graph.output
+    (inp,), _ = model.graph.input, model.graph.output
     dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
     assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8 and dims[1:] == [96, 96, 3]
     assert isinstance(dims[0], str)  # a dynamic batch dimension
@@ -74,8 +75,7 @@ def test_the_file_is_self_contained_and_its_card_says_what_the_input_is(exported
 
 
 def test_eval_onnx_in_the_cli_gives_the_torch_policys_figures_and_fills_the_model_cards(exported, tmp_path):
-    readme = exported["folder"] / "README.md"
-    text = readme.read_text()  # written by train, with the policy
+    text = (exported["folder"] / "README.md").read_text()  # written by train, with the policy
     assert "## Training" in text and "## Data" in text and "birdseye 96x96" in text and "Eval results" not in text
     reports = {}
     for name, model in (("torch", exported["folder"]), ("onnx", exported["onnx"])):
@@ -88,37 +88,50 @@ def test_eval_onnx_in_the_cli_gives_the_torch_policys_figures_and_fills_the_mode
         assert o[key] == t[key], key
     assert abs(o["mean_abs_cte_m"] - t["mean_abs_cte_m"]) < 0.02
     assert abs(o["route_completion"] - t["route_completion"]) < 0.02
-    for readme, summary in ((readme, t), (exported["root"] / "pilot.README.md", o)):
+    for readme, summary in ((exported["folder"] / "README.md", t), (exported["root"] / "pilot.README.md", o)):
         text = readme.read_text()
         assert "## Eval results" in text and f"{SHORT}, 1 lap, seed 0" in text
         assert f"| {summary['laps_completed']} |" in text and f"{summary['mean_abs_cte_m']:.4g}" in text
 
 
-@pytest.mark.parametrize("case, match", [
-    ("garbage", "pilot.onnx: does not match pilot.card.json"),
-    ("garbage_hashed", "pilot.onnx: not a valid ONNX policy"),
-    ("no_card", "pilot.card.json: missing"),
-    ("saliency", "saliency needs the torch network"),
-])
-def test_a_bad_onnx_policy_is_one_error_line(exported, tmp_path, case, match):
-    onnx_path, card_path = tmp_path / "pilot.onnx", tmp_path / "pilot.card.json"
-    blob = exported["onnx"].read_bytes()
-    card = json.loads((exported["root"] / "pilot.card.json").read_text())
-    args = ["eval", "--model", str(onnx_path), "--tracks", SHORT]
-    if case.startswith("garbage"):
-        blob = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
-        if case == "garbage_hashed":
-            import hashlib
-            card["onnx"]["sha256"] = hashlib.sha256(blob).hexdigest()
-    onnx_path.write_bytes(blob)
-    if case != "no_card":
-        card_path.write_text(json.dumps(card))
-    if case == "saliency":
-        args += ["--video", str(tmp_path / "v.mp4"), "--saliency"]
-    r = cli(*args)
-    assert r.returncode != 0 and r.stdout == ""
+def _copy(exported, tmp_path, blob: bytes | None = None, card: dict | None = None) -> Path:
+    """pilot.onnx (and its card, unless `card` is {}) in tmp_path, with the bytes or card given."""
+    onnx_path = tmp_path / "pilot.onnx"
+    onnx_path.write_bytes(exported["onnx"].read_bytes() if blob is None else blob)
+    card = json.loads((exported["root"] / "pilot.card.json").read_text()) if card is None else card
+    if card:
+        (tmp_path / "pilot.card.json").write_text(json.dumps(card))
+    return onnx_path
+
+
+def one_error_line(r: subprocess.CompletedProcess) -> str:
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], r.stderr
+    assert r.returncode != 0 and r.stdout == "" and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+def test_a_bad_onnx_policy_is_one_error_line(exported, tmp_path):
+    garbage = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    onnx_path = _copy(exported, tmp_path, blob=garbage)
+    line = one_error_line(cli("eval", "--model", str(onnx_path), "--tracks", SHORT))
+    assert "pilot.onnx: does not match pilot.card.json" in line
+    card = json.loads((exported["root"] / "pilot.card.json").read_text())
+    card["onnx"]["sha256"] = hashlib.sha256(garbage).hexdigest()  # garbage its card vouches for
+    with pytest.raises(UserError, match="pilot.onnx: not a valid ONNX policy"):
+        load_policy(_copy(exported, tmp_path, blob=garbage, card=card))
+    (tmp_path / "pilot.card.json").unlink()
+    with pytest.raises(UserError, match="pilot.card.json: missing"):
+        load_policy(onnx_path)
+    with pytest.raises(UserError, match="not found"):
+        load_policy(tmp_path / "nope.onnx")
+
+
+def test_saliency_of_an_onnx_policy_is_one_clear_error(exported, tmp_path):
+    onnx_path = _copy(exported, tmp_path)
+    line = one_error_line(cli("eval", "--model", str(onnx_path), "--tracks", SHORT, "--video",
+                              str(tmp_path / "v.mp4"), "--saliency"))
+    assert "saliency needs the torch network" in line and str(exported["folder"]) in line
+    assert not (tmp_path / "v.mp4").exists()
 
 
 def test_export_refuses_bad_paths_before_any_work(exported, tmp_path):
