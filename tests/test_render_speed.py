@@ -125,3 +125,31 @@ def test_a_map_draws_only_the_tiles_cameras_look_at():
     assert 0 < drawn <= 16 < tiles.size  # a 40 m view reads at most 4 x 4 tiles of 25.6 m
     assert np.array_equal(cam.render(p[0], p[1], h), first) and tiles.sum() == drawn  # nothing new
     assert cam.map.resident_bytes <= drawn * TILE_PX * 2 * 4096
+
+
+def test_async_vector_env_shares_frames_through_shared_memory():
+    """`gym.make_vec(..., vectorization_mode="async")` runs the default env in worker processes; the
+    frames come back through shared memory and are the frames a plain env renders, episode ends too."""
+    import gymnasium as gym
+
+    import sim  # noqa: F401  (registers E2EDrive-v0)
+
+    vec = gym.make_vec("E2EDrive-v0", num_envs=2, vectorization_mode="async")
+    plain = [gym.make("E2EDrive-v0") for _ in range(2)]
+    try:
+        assert vec.unwrapped.shared_memory
+        obs, _ = vec.reset(seed=[3, 4])
+        want = [env.reset(seed=s)[0] for env, s in zip(plain, (3, 4))]
+        assert np.array_equal(obs, np.stack(want))
+        act = np.array([[0.3], [-0.2]], np.float32)
+        ends, reset_next = 0, [False, False]
+        for _ in range(60):  # both leave the road and start again (next-step autoreset)
+            obs, _, term, trunc, _ = vec.step(act)
+            for i, env in enumerate(plain):
+                want[i] = env.reset()[0] if reset_next[i] else env.step(act[i])[0]
+            assert np.array_equal(obs, np.stack(want))
+            ends += int((term | trunc).sum())
+            reset_next = list(term | trunc)
+        assert ends >= 2
+    finally:
+        vec.close()
