@@ -412,8 +412,10 @@ def _diffuse(xy: np.ndarray, tight: np.ndarray, steps: int) -> None:
     window = count[2 * k + 1:] > count[:n]  # ... within +-13
     if window.all():  # no stretch stands still: no place to cut the ring open
         return _diffuse_all(xy, moves, steps)
-    start = int(np.argmin(window))  # a point outside every window
-    where = (np.flatnonzero(np.roll(window, -start)) + start) % n
+    start = int(np.argmin(window))  # a point outside every window: the ring is cut open there
+    inside = np.flatnonzero(window)
+    cut = int(np.searchsorted(inside, start))
+    where = np.concatenate([inside[cut:], inside[:cut]])
     p = xy[where]
     move = moves[where][3:-3, None]
     ahead3, ahead2, ahead1, centre, back1, back2, back3 = (p[i:len(p) - 6 + i] for i in (6, 5, 4, 3, 2, 1, 0))
@@ -424,8 +426,7 @@ def _diffuse(xy: np.ndarray, tight: np.ndarray, steps: int) -> None:
         s += back1
         s += back2
         s += back3
-        s /= 6
-        np.copyto(centre, s, where=move)
+        np.divide(s, 6, out=centre, where=move)  # the mean, written only where points move
     xy[where] = p
 
 
