@@ -1,8 +1,9 @@
-"""Camera frames from a track and a car pose: the track is drawn once into a label map, and each
-frame is one image warp of that map around the pose, then a palette lookup.
+"""Camera frames from a track and a car pose: the track is drawn into a label map, and each frame
+is one image warp of that map around the pose, then a palette lookup on the small frame.
 
 Drawing labels (grass, asphalt, lines, kerbs) instead of colours keeps the map at one byte per pixel
-and makes palette randomisation free: a new palette is just a new 256-entry lookup table.
+and makes palette randomisation free: a new palette is just a new 256-entry lookup table. The map is
+drawn lazily, in tiles, as cameras look at them: a reset costs a few tiles, not a whole map.
 """
 
 from __future__ import annotations
@@ -192,11 +193,6 @@ class TrackMap:
     def resident_bytes(self) -> int:
         """Memory the drawn tiles hold (whole pages: a tile's rows lie on different pages)."""
         return int(np.count_nonzero(self._pages)) * _PAGE
-
-    def draw_all(self) -> np.ndarray:
-        """The whole label map (draws every tile; for pictures of the whole track)."""
-        self.ensure(0, 0, self.width - 1, self.height - 1)
-        return self.labels
 
     # -- drawing ----------------------------------------------------------------------------------
     _SHIFT = 3  # sub-pixel bits of the fixed-point coordinates handed to OpenCV
