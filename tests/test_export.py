@@ -5,6 +5,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,29 @@ def test_export_refuses_bad_paths_before_any_work(exported, tmp_path):
         with pytest.raises(UserError, match=match):
             export_onnx(model, out)
     assert not list(tmp_path.iterdir())
+
+
+def _watch_steering(policy, steps: int) -> np.ndarray:
+    """The policy's steering over the first `steps` window frames of `watch` (then Esc)."""
+    import pygame
+
+    from agent.watch import watch
+
+    ticks, rows = [], []
+
+    def person(obs, info):
+        ticks.append(info["time"])
+        if len(ticks) == steps:
+            pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_ESCAPE))
+
+    cfg = replace(policy.env_config(), track=SHORT, off_track="recover")
+    result = watch(cfg, policy, realtime=False, person=person, on_step=rows.append)
+    assert result.quit
+    return np.array([r["policy"] for r in rows])
+
+
+def test_watch_drives_the_onnx_policy_as_it_drives_the_torch_one(exported):
+    torch_steering = _watch_steering(load_policy(exported["folder"]), 40)
+    onnx_steering = _watch_steering(load_policy(exported["onnx"]), 40)
+    assert len(onnx_steering) == len(torch_steering) >= 39
+    assert np.abs(onnx_steering - torch_steering).max() < TOLERANCE and np.ptp(torch_steering) > 1e-3
