@@ -102,9 +102,10 @@ def check_frames(policy: Policy, n: int = 6) -> np.ndarray:
     return np.concatenate([np.stack(frames), noise])
 
 
-def export_onnx(model_dir: str | Path, onnx_path: str | Path, opset: int = OPSET) -> dict:
+def export_onnx(model_dir: str | Path, onnx_path: str | Path, opset: int = OPSET, say=None) -> dict:
     """Export the policy folder `model_dir` to `onnx_path` (with its card and model card beside it),
-    after checking onnxruntime against torch. Returns what was written and the check's figures."""
+    after checking onnxruntime against torch. Returns what was written and the check's figures;
+    `say(line)` hears what is going on once the inputs are checked."""
     model_dir, onnx_path = Path(model_dir), Path(onnx_path)
     if is_onnx(model_dir):
         raise UserError(f"--model {model_dir}: export takes a policy folder (made by `train`), not an ONNX file")
@@ -117,6 +118,8 @@ def export_onnx(model_dir: str | Path, onnx_path: str | Path, opset: int = OPSET
     if opset < 17:
         raise UserError(f"--opset {opset}: must be 17 or newer")
     policy = load_policy(model_dir)
+    if say:
+        say(f"exporting {model_dir} to {onnx_path} (ONNX opset {opset}), then checking it in onnxruntime ...")
     t0 = time.perf_counter()
     blob = onnx_bytes(policy.model, policy.camera, opset)
     seconds = time.perf_counter() - t0
@@ -214,8 +217,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from sim.progress import table
 
-    print(f"exporting {args.model} to {args.onnx} (ONNX opset {args.opset}) ...", flush=True)
-    r = export_onnx(args.model, args.onnx, args.opset)
+    r = export_onnx(args.model, args.onnx, args.opset, say=lambda line: print(line, flush=True))
     print(table(["file", "input", "output", "opset", "size", "max |onnx - torch|", "export s"],
                 [[r["onnx"], r["input"], r["output"], r["opset"], f"{r['bytes'] / 1e6:.2f} MB",
                   f"{r['max_abs_diff']:.2g}", f"{r['seconds']:.1f}"]], title="\nONNX export"))

@@ -142,6 +142,8 @@ def test_export_refuses_bad_paths_before_any_work(exported, tmp_path):
                               (tmp_path / "missing", tmp_path / "p.onnx", "not found")):
         with pytest.raises(UserError, match=match):
             export_onnx(model, out)
+    line = one_error_line(cli("export", "--model", str(exported["folder"]), "--onnx", str(tmp_path / "p.txt")))
+    assert "p.txt: the file name must end in .onnx" in line
     assert not list(tmp_path.iterdir())
 
 
