@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -179,17 +178,23 @@ class DriveHooks:
         """The drive ended (laps done, or out of steps); its env is still open."""
 
 
-def drive_jobs(driver, jobs: Sequence[tuple[int, str]], cfg: EnvConfig, laps: int, seed: int, *, batch: int = 8,
+def drive_jobs(driver, jobs: Iterable[tuple[int, str]], cfg: EnvConfig, laps: int, seed: int, *, batch: int = 8,
                hooks: Sequence[DriveHooks] = (), max_steps: int | None = None) -> None:
     """Drive every (index, spec) job with `cfg` (track and max_steps set per job; `max_steps` None:
     three expert lap times), `batch` at a time in lock step, one `driver.act` call per step for all.
-    Job `index` is reset with seed `seed + index`, so a drive is the same whatever its batch."""
-    pending = deque(jobs)
+    Job `index` is reset with seed `seed + index`, so a drive is the same whatever its batch or
+    process. `jobs` is read lazily, one job when a slot frees (a worker's queue of tracks)."""
+    pending = iter(jobs)
     active: list[Drive] = []
+    more = True
     try:
-        while pending or active:
-            while pending and len(active) < batch:
-                index, spec = pending.popleft()
+        while more or active:
+            while more and len(active) < batch:
+                job = next(pending, None)
+                if job is None:
+                    more = False
+                    break
+                index, spec = job
                 length = load_track(spec).length
                 steps = max_steps if max_steps is not None else max_steps_for(cfg, length, laps)
                 env = DriveEnv(config=replace(cfg, track=spec, max_steps=int(steps)))
@@ -198,6 +203,8 @@ def drive_jobs(driver, jobs: Sequence[tuple[int, str]], cfg: EnvConfig, laps: in
                 active.append(drive)
                 for h in hooks:
                     h.started(drive)
+            if not active:
+                break
             actions = safe_actions(driver.act([d.env for d in active], [d.obs for d in active]), len(active))
             still: list[Drive] = []
             for d, a in zip(active, actions):

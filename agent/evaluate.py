@@ -21,6 +21,7 @@ import re
 import sys
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -187,7 +188,7 @@ class _EvalHooks(DriveHooks):
             self.report(d.target_m - self.reported_m.pop(d.index), result)
 
 
-def drive_tracks(driver, jobs: list[tuple[int, str]], cfg: EnvConfig, laps: int, seed: int, batch: int = 8,
+def drive_tracks(driver, jobs: Iterable[tuple[int, str]], cfg: EnvConfig, laps: int, seed: int, batch: int = 8,
                  video: dict | None = None, keep_trajectory: bool = False, report=None) -> list[dict]:
     """Drive every (index, spec) job with the shared loop (agent/drive.py) and return one result per
     drive (metrics, and the trajectory or video when asked). `report(metres, done_result)` is called
@@ -198,7 +199,8 @@ def drive_tracks(driver, jobs: list[tuple[int, str]], cfg: EnvConfig, laps: int,
 
 
 def _worker(driver, jobs, cfg, laps, seed, batch, video, keep_trajectory, queue) -> None:
-    """A worker process: drives its share of the tracks, streaming progress and results to `queue`."""
+    """A worker process: drives tracks taken from the shared `jobs` queue until it holds None (so a
+    worker that drew short tracks takes more), streaming progress and results to `queue`."""
     try:
         driver.prepare_worker()
         pending = [0.0, time.perf_counter()]
@@ -210,7 +212,7 @@ def _worker(driver, jobs, cfg, laps, seed, batch, video, keep_trajectory, queue)
                 queue.put(("progress", pending[0], result))
                 pending[0], pending[1] = 0.0, now
 
-        drive_tracks(driver, jobs, cfg, laps, seed, batch, video, keep_trajectory, report)
+        drive_tracks(driver, iter(jobs.get, None), cfg, laps, seed, batch, video, keep_trajectory, report)
     except UserError as e:
         queue.put(("error", str(e), None))
     except BaseException:  # noqa: BLE001 -- shown by the parent, which owns the terminal
@@ -249,13 +251,13 @@ def _run(driver, specs: list[str], cfg: EnvConfig, laps: int, seed: int, workers
 
 def _run_processes(driver, jobs, cfg, laps, seed, workers, batch, video, keep_trajectory, on_progress) -> None:
     ctx = mp.get_context("spawn")  # no fork of a process that may hold torch threads
-    queue = ctx.Queue()
-    shares = [jobs[i::workers] for i in range(workers)]
+    queue, todo = ctx.Queue(), ctx.Queue()
+    for job in [*jobs, *[None] * workers]:  # None: no more tracks
+        todo.put(job)
+    batch = min(batch, -(-len(jobs) // workers))  # no worker takes the others' share at the start
     procs = [ctx.Process(target=_worker, daemon=True,
-                         args=(driver, share, cfg, laps, seed, batch,
-                               video if video and any(i == video["index"] for i, _ in share) else None,
-                               keep_trajectory, queue))
-             for share in shares]
+                         args=(driver, todo, cfg, laps, seed, batch, video, keep_trajectory, queue))
+             for _ in range(workers)]
     for p in procs:
         p.start()
     error = None
