@@ -50,7 +50,6 @@ class TrackRun:
     lap_times: list[float] = field(default_factory=list)
     takeovers: int = 0
     off_track: int = 0
-    person_steps: int = 0
 
     @property
     def interventions(self) -> int:
@@ -142,7 +141,6 @@ class _WatchSession(WindowSession):
         hud.expert_steering = float(self.expert.steering(self.env))
         if hud.person_driving:
             steer = self.keys.update()
-            self.run.person_steps += 1
         else:
             steer = self.keys.value = hud.policy_steering  # a takeover starts where the wheel is
         hud.steering = steer

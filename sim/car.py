@@ -8,7 +8,7 @@ command of -1 turns fully left, +1 fully right (as in CarRacing and on a keyboar
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,6 @@ class CarState:
     steer: float = 0.0
     lateral_speed: float = 0.0
     yaw_rate: float = 0.0
-
-    def as_tuple(self) -> tuple[float, float, float, float, float]:
-        return (self.x, self.y, self.yaw, self.speed, self.steer)
 
 
 def _steer_towards(current: float, steering: float, max_steer: float, max_rate: float, dt: float) -> float:
@@ -84,10 +81,6 @@ def step(state: CarState, steering: float, cfg: CarConfig, throttle: float | Non
 def steering_for_curvature(curvature: float, cfg: CarConfig) -> float:
     """The steering command that drives a circle of the given curvature (1/m, positive = left)."""
     return max(-1.0, min(1.0, -math.atan(curvature * cfg.wheelbase_m) / cfg.max_steer_rad))
-
-
-def with_speed(cfg: CarConfig, speed: float) -> CarConfig:
-    return replace(cfg, cruise_speed_mps=speed)
 
 
 GRAVITY = 9.81

@@ -144,7 +144,6 @@ class DriveEnv(gym.Env):
             self._ahead = self.traffic.relative_s(self.proj.s) > 0
             self._touching = np.zeros(self.traffic.n, bool)
             self._traffic_quiet_until = 0  # before this step no car can be close enough to matter
-        self._last_action = np.zeros(self.action_space.shape, np.float32)
         obs = self._observe()
         info = self._info(off_track=False, intervention=False, lap_completed=False)
         if self.render_mode == "human":
@@ -155,7 +154,6 @@ class DriveEnv(gym.Env):
         a = np.asarray(action, dtype=np.float32).reshape(-1)
         if a.shape != self.action_space.shape or not all(map(math.isfinite, a.tolist())):
             raise ValueError(f"action must be finite with shape {self.action_space.shape}, got {action!r}")
-        self._last_action = a
         if self.cfg.task == "race":
             rc = self.cfg.race_car
             on_road = abs(self.proj.offset) <= self.track.half_width(self.proj.index, self.proj.offset)
@@ -247,11 +245,6 @@ class DriveEnv(gym.Env):
             speed = min(speed, RACE_RECOVER_SPEED_MPS)
         self.car = CarState(x=float(p[0]), y=float(p[1]), yaw=self.track.heading_at(s), speed=speed)
         self.proj = self.track.project(self.car.x, self.car.y, self.car.yaw, s_hint=s)
-
-    def render_from(self, x: float, y: float, yaw: float) -> np.ndarray:
-        """The camera frame from any pose (at the car's current speed): used for viewpoint-shift
-        augmentation (PilotNet's side cameras, done exactly)."""
-        return self._gauge(self.camera.render(x, y, yaw, self._cars(self.camera, x, y)))
 
     def _cars(self, camera: Camera, x: float | None = None, y: float | None = None):
         """The other cars a camera at (x, y) (our car by default) may see; None without traffic."""
@@ -365,7 +358,3 @@ class DriveEnv(gym.Env):
             "yaw": c.yaw,
             "time": self.time,
         }
-
-
-def wrap_angle(a: float) -> float:
-    return (a + math.pi) % (2 * math.pi) - math.pi

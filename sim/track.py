@@ -90,10 +90,6 @@ class Track:
     def heading_at(self, s: float) -> float:
         return float(self.heading[self.index_at(s)])
 
-    def widths_at(self, s: float) -> tuple[float, float]:
-        i = self.index_at(s)
-        return float(self.width_right[i]), float(self.width_left[i])
-
     def edges(self) -> tuple[np.ndarray, np.ndarray]:
         """Left and right edge polylines (N, 2), using vertex normals so edges stay smooth."""
         h = np.arctan2(*(np.roll(self.xy, -1, 0) - np.roll(self.xy, 1, 0))[:, ::-1].T)
@@ -434,18 +430,6 @@ def _diffuse_all(xy: np.ndarray, tight: np.ndarray, steps: int) -> None:
     for _ in range(steps):
         avg = sum(np.roll(xy, k, 0) for k in (-3, -2, -1, 1, 2, 3)) / 6
         xy[tight] = avg[tight]
-
-
-def _min_radius_xy(xy: np.ndarray) -> float:
-    d = np.roll(xy, -1, 0) - xy
-    h = np.arctan2(d[:, 1], d[:, 0])
-    dth = np.abs(_wrap(np.roll(h, -1) - h))
-    seg = np.hypot(d[:, 0], d[:, 1])
-    # curvature over a ~3 m window to ignore sampling noise
-    w = max(1, int(round(3.0 / max(seg.mean(), 1e-9))))
-    kern = np.ones(w) / w
-    dth_s = np.convolve(np.concatenate([dth[-w:], dth, dth[:w]]), kern, "same")[w:-w]
-    return float(seg.mean() / max(dth_s.max(), 1e-12))
 
 
 def _insert_features(rng: np.random.Generator, ctrl: np.ndarray, cfg: GeneratorStyle) -> np.ndarray:

@@ -361,21 +361,21 @@ class DriveViewer:
         self._text(f"{info.get('speed', 0.0) * 3.6:5.0f}", (x0, y), self.big, FG)
         self._text("km/h", (x0 + 100, y + 12), self.font, DIM)
         if hud.throttle is not None:
-            self._bar(x0 + 160, y + 14, width - 160, hud.throttle, GREEN, centred=True)
+            self._bar(x0 + 160, y + 14, width - 160, hud.throttle, GREEN)
         y += 48
 
         who = "" if hud.mode == "play" else ("  (you)" if hud.person_driving else "  (policy)")
         self._text(f"steering {hud.steering:+.2f}{who}", (x0, y), self.small, DIM)
         y += 18
-        self._bar(x0, y, width, hud.steering, FG if hud.person_driving else BLUE, centred=True, height=16)
+        self._bar(x0, y, width, hud.steering, FG if hud.person_driving else BLUE, height=16)
         y += 22
         if hud.policy_steering is not None:
             self._text(f"policy  {hud.policy_steering:+.2f}", (x0, y), self.small, BLUE)
-            self._bar(x0 + 120, y + 3, width - 120, hud.policy_steering, BLUE, centred=True, height=10)
+            self._bar(x0 + 120, y + 3, width - 120, hud.policy_steering, BLUE, height=10)
             y += 20
         if hud.expert_steering is not None:
             self._text(f"expert  {hud.expert_steering:+.2f}", (x0, y), self.small, YELLOW)
-            self._bar(x0 + 120, y + 3, width - 120, hud.expert_steering, YELLOW, centred=True, height=10)
+            self._bar(x0 + 120, y + 3, width - 120, hud.expert_steering, YELLOW, height=10)
             y += 20
         y += 6
 
@@ -437,7 +437,7 @@ class DriveViewer:
         pygame.draw.circle(self.screen, RED, (int(ox + (e.car.x - lo[0]) * scale),
                                               int(oy - (e.car.y - lo[1]) * scale)), 5)
 
-    def _bar(self, x: int, y: int, w: int, value: float, colour, centred: bool, height: int = 12) -> None:
+    def _bar(self, x: int, y: int, w: int, value: float, colour, height: int = 12) -> None:
         pygame.draw.rect(self.screen, (60, 64, 72), (x, y, w, height))
         v = max(-1.0, min(1.0, float(value)))
         mid = x + w // 2
