@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import multiprocessing as mp
 import os
@@ -30,7 +29,8 @@ import numpy as np
 
 from sim.env import EnvConfig
 from sim.errors import UserError
-from sim.files import atomic_savefig, atomic_write_text
+from sim.files import atomic_savefig
+from sim.files import write_json as write_json_file
 from sim.progress import Progress, table
 from sim.track import load_track, parse_spec
 
@@ -442,7 +442,7 @@ def write_json(path: str | os.PathLike, report: dict) -> Path:
     """Write the report atomically (temp file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_text(path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return write_json_file(path, report, allow_nan=False)
 
 
 # -- command line -------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from torch import nn
 
 from sim.env import EnvConfig
 from sim.errors import UserError
-from sim.files import atomic_write, read_json_object
+from sim.files import atomic_write, json_default, read_json_object
 from sim.render import CameraConfig
 
 from .modelcard import CARD_FILE, card_path, is_onnx, write_model_card
@@ -101,21 +101,11 @@ def save_policy(folder: str | os.PathLike, model: nn.Module, card: dict) -> Path
     full.update(format_version=FORMAT_VERSION, preprocess=dict(PREPROCESS), weights=WEIGHTS_FILE,
                 weights_sha256=hashlib.sha256(blob).hexdigest(),
                 parameters=count_parameters(getattr(model, "module", model)))
-    text = json.dumps(full, indent=2, default=_json_default) + "\n"
+    text = json.dumps(full, indent=2, default=json_default) + "\n"
     atomic_write(folder / WEIGHTS_FILE, blob)
     atomic_write(folder / CARD_FILE, text.encode())
     write_model_card(folder, json.loads(text))
     return folder
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer, np.floating)):
-        return o.item()
-    if hasattr(o, "__dataclass_fields__"):
-        return asdict(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _describe_camera(c: CameraConfig) -> str:

@@ -22,12 +22,11 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sim.errors import UserError
-from sim.files import atomic_savefig, atomic_write
+from sim.files import atomic_savefig, atomic_write, write_json
 from sim.progress import Progress, table
 from sim.render import CameraConfig, camera_from_name
 
@@ -155,18 +154,6 @@ def lr_at(cfg: TrainConfig, frac: float, step: int, warmup: int = 100) -> float:
     return cfg.lr * cos * min(1.0, (step + 1) / warmup)
 
 
-def _json_default(o):
-    if isinstance(o, (np.integer, np.floating)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
-
-
 # -- checkpoints -------------------------------------------------------------------------------------
 def save_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
     """Model, optimizer and RNG tensors to `train_state_<step>.safetensors`, then `train_state.json`
@@ -185,7 +172,7 @@ def save_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimize
     name = f"train_state_{state['step']:08d}.safetensors"
     atomic_write(out / name, blob)
     meta = dict(state, tensors=name, sha256=hashlib.sha256(blob).hexdigest(), param_groups=osd["param_groups"])
-    _write_json(out / STATE_JSON, meta)
+    write_json(out / STATE_JSON, meta)
     for p in out.iterdir():
         if STATE_RE.match(p.name) and p.name != name:
             p.unlink(missing_ok=True)
@@ -588,7 +575,7 @@ class Checkpoints:
         if improved:
             save_policy(out, self.model, self.card(state))
         self.state(state)
-        _write_json(out / "history.json", {"history": state.history, "best": state.best})
+        write_json(out / "history.json", {"history": state.history, "best": state.best})
         if final or time.perf_counter() - self.last_plot > PLOT_EVERY_S:
             plot_curves(state.history, out / "loss_curves.png")
             self.last_plot = time.perf_counter()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.metrics import count_events
 from sim.errors import UserError
 from sim.files import atomic_savefig
 from sim.progress import table
@@ -38,7 +39,7 @@ def drive_stats(d: Drive, root: Path) -> dict:
     n = len(d)
     st = d.state
     off = d.off_track
-    events = int(np.count_nonzero(off[1:] & ~off[:-1]) + (1 if n and off[0] else 0))
+    events = count_events(off)
     laps = None
     if n:
         frac = float(st["lap_fraction"][-1])

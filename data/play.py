@@ -10,7 +10,6 @@ frames the person steers are recorded, with their steering as the label and `cor
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import numpy as np
 
 from sim.env import EnvConfig
 from sim.errors import UserError
+from sim.files import check_out_dir
 from sim.progress import table
 from sim.render import camera_from_name
 from sim.track import load_track, parse_spec
@@ -89,18 +89,6 @@ def main(args: argparse.Namespace) -> int:
     result = play(cfg, Path(args.out), input_name=args.input, policy=policy)
     print_summary(result, Path(args.out))
     return 0
-
-
-def check_out_dir(out: Path) -> None:
-    """Fail before opening a window when drives could not be saved there."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out}: folder is not writable")
 
 
 def drive_folder(out: Path, track_name: str) -> Path:

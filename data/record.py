@@ -14,7 +14,6 @@ import math
 import multiprocessing as mp
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import numpy as np
 from sim.env import DriveEnv, EnvConfig
 from sim.errors import UserError
 from sim.expert import Expert
+from sim.files import check_out_dir
 from sim.progress import Progress, table
 from sim.render import N_LABELS, camera_from_name
 from sim.track import load_track, parse_spec
@@ -187,28 +187,6 @@ def _worker(spec, laps, folder, env_cfg, noise, seed, chunk_steps, parent_pid) -
 
 
 # -- many drives -----------------------------------------------------------------------------------------
-def check_out_dir(out: str | os.PathLike) -> Path:
-    """Create the output folder (its parent must exist) and check it is writable: a `UserError` otherwise."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
-    if not out.exists():
-        if not out.parent.exists():
-            raise UserError(f"--out {out}: parent folder {out.parent} does not exist")
-        if not out.parent.is_dir():
-            raise UserError(f"--out {out}: {out.parent} is not a folder")
-        try:
-            out.mkdir()
-        except OSError as e:
-            raise UserError(f"--out {out}: cannot create folder ({e.strerror})") from None
-    try:  # a real write, not os.access: root, read-only mounts and ACLs all answer truthfully
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as e:
-        raise UserError(f"--out {out}: folder is not writable ({e.strerror})") from None
-    return out
-
-
 def record_autopilot(tracks_spec: str, laps: int, out: str | os.PathLike, *, noise: float = 0.3,
                      workers: int | None = None, randomise_palette: bool = False, camera: str = "birdseye",
                      seed: int = 0, chunk_steps: int = 100, verbose: bool = True) -> RecordSummary:

@@ -18,7 +18,6 @@ Layout of a drive folder::
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -28,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.metrics import count_events
 from sim.errors import UserError
-from sim.files import atomic_write, atomic_write_text, read_json_object
+from sim.files import atomic_write, read_json_object, write_json
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -38,25 +38,6 @@ CHUNK_RE = re.compile(r"^chunk_(\d{5,})\.npz$")
 STATE_KEYS = ("x", "y", "yaw", "speed", "steer_angle", "s", "cte", "heading_error", "time", "lap",
               "lap_fraction", "progress_m")
 LABEL_KEYS = ("steering", "throttle", "executed_steering", "correction", "off_track", "intervention")
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    text = json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n"
-    atomic_write_text(path, text)
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (np.bool_,)):
-        return bool(o)
-    if isinstance(o, (Path,)):
-        return str(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 class DriveWriter:
@@ -78,14 +59,13 @@ class DriveWriter:
         self.meta.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
         self.meta["format_version"] = FORMAT_VERSION
         self.meta["chunk_steps"] = self.chunk_steps
-        _write_json(self.folder / META_FILE, self.meta)
+        write_json(self.folder / META_FILE, self.meta)
         self.frames_written = 0
         self.chunks_written = 0
         self.bytes_written = 0
         self.closed = False
-        self._stats = {"off_track_events": 0, "interventions": 0, "corrections": 0, "laps": 0,
-                       "time_first": None, "time_last": None}
-        self._prev_off = False
+        self._stats = {"interventions": 0, "corrections": 0, "laps": 0, "time_first": None, "time_last": None}
+        self._off_flags = bytearray()  # one byte a step: the off-track events are counted at close
         self._reset_buffer()
 
     def _reset_buffer(self) -> None:
@@ -137,8 +117,7 @@ class DriveWriter:
         for k in STATE_KEYS:
             c[k].append(info.get(k, -1 if k == "lap" else np.nan))
         st = self._stats
-        st["off_track_events"] += int(off and not self._prev_off)
-        self._prev_off = off
+        self._off_flags.append(off)
         st["interventions"] += int(bool(info.get("intervention", False)))
         st["corrections"] += int(bool(correction))
         st["laps"] = max(st["laps"], int(info.get("lap", 0)))
@@ -181,13 +160,13 @@ class DriveWriter:
             "chunks": self.chunks_written,
             "duration_s": self.frames_written * dt if dt else None,
             "laps": st["laps"],
-            "off_track_events": st["off_track_events"],
+            "off_track_events": count_events(np.frombuffer(bytes(self._off_flags), np.uint8)),
             "interventions": st["interventions"],
             "corrections": st["corrections"],
             "bytes": self.bytes_written,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        _write_json(self.folder / META_FILE, self.meta)
+        write_json(self.folder / META_FILE, self.meta)
 
 
 def _dt(meta: dict) -> float | None:

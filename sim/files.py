@@ -4,12 +4,15 @@ under the final name (at worst a stray `.NAME.*.tmp`, which no reader takes for 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+import numpy as np
 
 from .errors import UserError
 
@@ -50,6 +53,49 @@ def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
         return atomic_write(path, lambda f: fig.savefig(f, **kwargs))
     finally:
         plt.close(fig)
+
+
+def check_out_dir(out: str | os.PathLike) -> Path:
+    """Create the output folder of a command (its parent must exist) and check it is writable, before
+    any work: a `UserError` naming the folder otherwise."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    if not out.exists():
+        if not out.parent.exists():
+            raise UserError(f"--out {out}: parent folder {out.parent} does not exist")
+        if not out.parent.is_dir():
+            raise UserError(f"--out {out}: {out.parent} is not a folder")
+        try:
+            out.mkdir()
+        except OSError as e:
+            raise UserError(f"--out {out}: cannot create folder ({e.strerror})") from None
+    try:  # a real write, not os.access: root, read-only mounts and ACLs all answer truthfully
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise UserError(f"--out {out}: folder is not writable ({e.strerror})") from None
+    return out
+
+
+def json_default(o):
+    """`json.dumps(default=...)` for what our JSON holds besides plain types: numpy scalars and
+    arrays, paths and dataclasses (settings)."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_json(path: str | os.PathLike, obj, *, allow_nan: bool = True) -> Path:
+    """`obj` as indented JSON, written atomically (NaN allowed unless `allow_nan` is False, for
+    reports that strict JSON readers take)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=json_default, allow_nan=allow_nan) + "\n")
 
 
 def read_json_object(path: str | os.PathLike, problem: str) -> dict:
