@@ -25,7 +25,7 @@ from torch import nn
 
 from sim.env import EnvConfig
 from sim.errors import UserError
-from sim.files import atomic_write, json_default, read_json_object
+from sim.files import atomic_write, json_default, read_versioned_json
 from sim.render import CameraConfig
 
 from .modelcard import CARD_FILE, card_path, is_onnx, write_model_card
@@ -235,12 +235,8 @@ def read_card(folder: str | os.PathLike) -> dict:
     if not folder.is_dir():
         raise UserError(f"{folder}: a policy is a folder (with {CARD_FILE} and {WEIGHTS_FILE}), not a file")
     path = folder / CARD_FILE
-    if not path.is_file():
-        raise UserError(f"{path}: missing (is {folder} a policy folder made by `train`?)")
-    card = read_json_object(path, "not a valid policy card")
-    version = card.get("format_version")
-    if version != FORMAT_VERSION:
-        raise UserError(f"{path}: policy format version {version!r}, this program reads version {FORMAT_VERSION}")
+    card = read_versioned_json(path, "policy", FORMAT_VERSION, f"missing (is {folder} a policy folder made by `train`?)",
+                               "not a valid policy card")
     if card.get("preprocess") != PREPROCESS:
         raise UserError(f"{path}: made with preprocessing {card.get('preprocess')!r}, this program uses {PREPROCESS}")
     if card.get("arch") not in ARCHS:
@@ -299,13 +295,9 @@ def read_onnx_card(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: ONNX policy not found" if not path.exists() else f"{path}: not a file")
     where = card_path(path)
-    if not where.is_file():
-        raise UserError(f"{where}: missing (`export` writes it beside {path.name}: "
-                        f"python run_drive.py export --model POLICY_FOLDER --onnx {path})")
-    card = read_json_object(where, "not a valid ONNX policy card")
-    if card.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{where}: policy format version {card.get('format_version')!r}, "
-                        f"this program reads version {FORMAT_VERSION}")
+    card = read_versioned_json(where, "policy", FORMAT_VERSION,
+                               f"missing (`export` writes it beside {path.name}: python run_drive.py export "
+                               f"--model POLICY_FOLDER --onnx {path})", "not a valid ONNX policy card")
     onnx = card.get("onnx")
     if not isinstance(onnx, dict) or not isinstance(onnx.get("sha256"), str):
         raise UserError(f"{where}: not an ONNX policy card (no 'onnx' section with the file's sha256)")

@@ -29,7 +29,7 @@ import numpy as np
 
 from agent.metrics import count_events
 from sim.errors import UserError
-from sim.files import atomic_write, read_json_object, write_json
+from sim.files import atomic_write, read_versioned_json, write_json
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -219,14 +219,8 @@ class Drive:
 def read_meta(folder: str | os.PathLike) -> dict:
     """The drive's meta.json, checked: a missing or unreadable file, or another format version, is a
     `UserError` naming the file."""
-    path = Path(folder) / META_FILE
-    if not path.is_file():
-        raise UserError(f"{path}: not found ({folder} is not a recorded drive)")
-    meta = read_json_object(path, "unreadable drive metadata")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise UserError(f"{path}: drive format_version {version!r}, this program reads version {FORMAT_VERSION}")
-    return meta
+    return read_versioned_json(Path(folder) / META_FILE, "drive", FORMAT_VERSION,
+                               f"not found ({folder} is not a recorded drive)", "unreadable drive metadata")
 
 
 def chunk_paths(folder: str | os.PathLike) -> list[Path]:

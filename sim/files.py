@@ -109,3 +109,16 @@ def read_json_object(path: str | os.PathLike, problem: str) -> dict:
     if not isinstance(obj, dict):
         raise UserError(f"{path}: {problem} (expected a JSON object)")
     return obj
+
+
+def read_versioned_json(path: str | os.PathLike, kind: str, version: int, missing: str, problem: str) -> dict:
+    """The JSON object at `path` (a policy card, a drive's meta) in this program's format `version`:
+    a `UserError` naming the file when it is `missing`, unreadable (`problem`) or of another version."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {missing}")
+    obj = read_json_object(path, problem)
+    found = obj.get("format_version")
+    if found != version:
+        raise UserError(f"{path}: {kind} format_version {found!r}; this program reads format version {version}")
+    return obj
