@@ -281,6 +281,36 @@ def _check_args(data_dir: Path, model_dir: Path, out: Path, cfg: DaggerConfig) -
         raise UserError(f"--out {out}: must lie outside --data {data_dir}")
 
 
+def _train_config(card: dict, no_augment: bool):
+    """How both arms retrain: as the start policy was trained (its card), without augmentation when
+    asked. Returns the settings and whether the start policy was trained with augmentation."""
+    from .dataset import NO_AUGMENT
+    from .train import TrainConfig
+
+    train_cfg = TrainConfig(arch=card["arch"])
+    saved = (card.get("training") or {}).get("config")
+    if isinstance(saved, dict):
+        try:
+            train_cfg = TrainConfig.from_dict(saved)
+        except (TypeError, ValueError):
+            pass
+    start_augmented = train_cfg.augment != NO_AUGMENT
+    if no_augment:
+        train_cfg = replace(train_cfg, augment=NO_AUGMENT)
+    return train_cfg, start_augmented
+
+
+def _retrain(data: Path, folder: Path, init_from: Path, train_cfg, cfg: DaggerConfig, device: str,
+             verbose: bool) -> Path:
+    """One arm's policy for this iteration: trained on its aggregate, warm-started from its last one."""
+    from .train import train
+
+    folder.parent.mkdir(exist_ok=True)
+    train(data, folder, minutes=cfg.minutes_per_iter, epochs=cfg.epochs_per_iter, cfg=train_cfg, device=device,
+          init_from=init_from, verbose=verbose)
+    return folder
+
+
 def run_dagger(data_dir: str | os.PathLike, model_dir: str | os.PathLike, tracks_spec: str,
                out_dir: str | os.PathLike, cfg: DaggerConfig = DaggerConfig(), *, device: str = "cpu",
                verbose: bool = True, **overrides) -> dict:
@@ -289,11 +319,8 @@ def run_dagger(data_dir: str | os.PathLike, model_dir: str | os.PathLike, tracks
     report (also written to `out_dir/dagger.json`). `overrides` replace fields of `cfg`."""
     import torch
 
-    from .dataset import NO_AUGMENT
     from .evaluate import PolicyDriver, evaluate
     from .model import load_policy
-    from .train import TrainConfig, train
-
     cfg = replace(cfg, **overrides)
     data_dir, model_dir, out = Path(data_dir), Path(model_dir), Path(out_dir)
     start = load_policy(model_dir, device=device)  # a bad policy folder fails before any work
@@ -302,19 +329,10 @@ def run_dagger(data_dir: str | os.PathLike, model_dir: str | os.PathLike, tracks
     _check_args(data_dir, model_dir, out, cfg)
     t0 = time.perf_counter()
     say = print if verbose else (lambda *a, **k: None)
-    train_cfg = TrainConfig(arch=start.card["arch"])
-    saved = (start.card.get("training") or {}).get("config")
-    if isinstance(saved, dict):
-        try:
-            train_cfg = TrainConfig.from_dict(saved)
-        except (TypeError, ValueError):
-            pass
-    start_augmented = train_cfg.augment != NO_AUGMENT
-    if cfg.no_augment:
-        train_cfg = replace(train_cfg, augment=NO_AUGMENT)
-        if start_augmented:
-            say(f"note: {model_dir} was trained with augmentation (synthetic recoveries); for plain BC from the "
-                f"start, train it with `train --no-augment`")
+    train_cfg, start_augmented = _train_config(start.card, cfg.no_augment)
+    if cfg.no_augment and start_augmented:
+        say(f"note: {model_dir} was trained with augmentation (synthetic recoveries); for plain BC from the "
+            f"start, train it with `train --no-augment`")
     noise = _start_noise(data_dir)
     # Driving and evaluating feed a few frames at a time: one thread per process is as fast on an idle
     # CPU and 3-10x faster on a busy one, where a second thread waits for a shared core.
@@ -324,7 +342,7 @@ def run_dagger(data_dir: str | os.PathLike, model_dir: str | os.PathLike, tracks
     out.mkdir(exist_ok=True)
     arms = ["dagger", "bc"] if cfg.baseline else ["dagger"]
     roots = {"dagger": out / "data", "bc": out / "bc_data"}
-    for arm in arms:
+    for arm in arms:  # each arm's aggregate starts from the start drives
         _link_drives(data_dir, roots[arm] / "start")
     start_frames = _count_frames(roots["dagger"])
 
@@ -334,12 +352,11 @@ def run_dagger(data_dir: str | os.PathLike, model_dir: str | os.PathLike, tracks
         return rep["summary"]
 
     report = {
-        "format_version": FORMAT_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "format_version": FORMAT_VERSION, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["run_drive.py", *sys.argv[1:]]) if verbose else "run_dagger",
-        "start_model": str(model_dir), "start_data": str(data_dir), "tracks": tracks_spec,
-        "config": asdict(cfg), "train_config": asdict(train_cfg), "start_augmented": start_augmented,
-        "baseline_noise": noise, "iterations": [],
+        "start_model": str(model_dir), "start_data": str(data_dir), "tracks": tracks_spec, "config": asdict(cfg),
+        "train_config": asdict(train_cfg), "start_augmented": start_augmented, "baseline_noise": noise,
+        "iterations": [],
     }
     say(f"DAgger from {model_dir} ({start_frames:,} start frames): {cfg.iterations} iteration(s) on {tracks_spec}, "
         f"evaluated on {cfg.eval_tracks}" + (", with the plain-BC baseline" if cfg.baseline else ""))
@@ -359,21 +376,16 @@ def run_dagger(data_dir: str | os.PathLike, model_dir: str | os.PathLike, tracks
                       verbose=verbose)
         summaries = {}
         for arm in arms:
-            folder = out / "models" / f"{arm}_{it:02d}"
-            folder.parent.mkdir(exist_ok=True)
             say(f"\n[{arm} {it}/{cfg.iterations}] training on {_count_frames(roots[arm]):,} frames, "
                 f"warm start from {current[arm]}")
-            train(roots[arm], folder, minutes=cfg.minutes_per_iter, epochs=cfg.epochs_per_iter,
-                  cfg=replace(train_cfg, seed=train_cfg.seed + it), device=device, init_from=current[arm],
-                  verbose=verbose)
+            current[arm] = _retrain(roots[arm], out / "models" / f"{arm}_{it:02d}", current[arm],
+                                    replace(train_cfg, seed=train_cfg.seed + it), cfg, device, verbose)
             torch.set_num_threads(drive_threads)  # train() takes every core for itself
-            current[arm] = folder
-            summaries[arm] = evaluate_policy(folder, f"{arm} {it}")
-        frames = _count_frames(roots["dagger"])
-        report["iterations"].append(_row(it, frames, sum(d["frames"] for d in drives), beta, summaries["dagger"],
-                                         summaries.get("bc"), str(current["dagger"]),
-                                         str(current["bc"]) if cfg.baseline else None, drives))
-        report["iterations"][-1]["bc_frames"] = _count_frames(roots["bc"]) if cfg.baseline else None
+            summaries[arm] = evaluate_policy(current[arm], f"{arm} {it}")
+        report["iterations"].append(_row(it, _count_frames(roots["dagger"]), sum(d["frames"] for d in drives), beta,
+                                         summaries["dagger"], summaries.get("bc"), str(current["dagger"]),
+                                         str(current["bc"]) if cfg.baseline else None, drives,
+                                         _count_frames(roots["bc"]) if cfg.baseline else None))
         _save(out, report, cfg.baseline, verbose=False)
     report["wall_minutes"] = (time.perf_counter() - t0) / 60
     torch.set_num_threads(caller_threads)
@@ -382,7 +394,7 @@ def run_dagger(data_dir: str | os.PathLike, model_dir: str | os.PathLike, tracks
 
 
 def _row(it: int, frames: int, new_frames: int, beta: float | None, dag: dict, bc: dict | None,
-         model: str, bc_model: str | None, drives: list[dict]) -> dict:
+         model: str, bc_model: str | None, drives: list[dict], bc_frames: int | None = None) -> dict:
     def pick(s: dict | None) -> dict | None:
         if s is None:
             return None
@@ -391,7 +403,7 @@ def _row(it: int, frames: int, new_frames: int, beta: float | None, dag: dict, b
 
     return {"iteration": it, "frames": frames, "new_frames": new_frames, "beta": beta,
             "drive_interventions": sum(d["interventions"] for d in drives), "dagger": pick(dag), "bc": pick(bc),
-            "model": model, "bc_model": bc_model, "drives": drives}
+            "model": model, "bc_model": bc_model, "drives": drives, "bc_frames": bc_frames}
 
 
 def results_table(report: dict) -> str:
