@@ -67,6 +67,20 @@ def _steps_per_second(env, seconds: float, seed: int = 0, steering: float | None
     return n / (time.perf_counter() - t0)
 
 
+def _mean_episode_steps(env, steering: float, steps: int = 400) -> float:
+    """How many steps an episode lasts with a constant steering (so how often the env resets)."""
+    env.reset(seed=0)
+    a = np.zeros(env.action_space.shape, np.float32)
+    a[0] = steering
+    episodes = 0
+    for _ in range(steps):
+        _, _, term, trunc, _ = env.step(a)
+        if term or trunc:
+            episodes += 1
+            env.reset()
+    return steps / max(episodes, 1)
+
+
 def _carracing():
     import gymnasium as gym
     try:
@@ -180,7 +194,7 @@ def bench_env(seconds: float, rounds: int, camera: str, vector_envs: tuple[int, 
         res["traffic_steps_per_s"] = max(res["traffic_steps_per_s"], _steps_per_second(traffic, seconds))
         if theirs is not None:
             res["carracing_steps_per_s"] = max(res["carracing_steps_per_s"], _steps_per_second(theirs, seconds))
-    res["resets_episode_steps"] = default.unwrapped.steps  # how long the last episode ran
+    res["resets_episode_steps"] = _mean_episode_steps(default, RESET_STEERING)
     ours.close()
     default.close()
     race.close()
@@ -347,7 +361,8 @@ def main(args) -> int:
     rows = [["E2EDrive-v0 steps/s, one track (procedural:1), small random steering",
              f"{e['e2edrive_steps_per_s']:,.0f}"],
             [f"E2EDrive-v0 steps/s, default config (procedural:0-19, terminate), constant steering "
-             f"{RESET_STEERING:g}: with resets", f"{e['resets_steps_per_s']:,.0f}"],
+             f"{RESET_STEERING:g}: a reset every {e['resets_episode_steps']:.0f} steps",
+             f"{e['resets_steps_per_s']:,.0f}"],
             ["E2EDrive-v0 task=race steps/s (1 env, dynamic car)", f"{e['race_steps_per_s']:,.0f}"],
             ["E2EDrive-v0 task=traffic steps/s (1 env, default density)", f"{e['traffic_steps_per_s']:,.0f}"]]
     if "carracing_steps_per_s" in e:

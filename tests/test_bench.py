@@ -18,7 +18,7 @@ def test_bench_runs_and_writes_json(tmp_path):
     env = res["env"]
     assert env["e2edrive_steps_per_s"] > 0 and env["render_frames_per_s"] > 0 and env["race_steps_per_s"] > 0
     assert env["traffic_steps_per_s"] > 0
-    assert env["resets_steps_per_s"] > 0 and env["resets_episode_steps"] < 400  # it did leave the road
+    assert env["resets_steps_per_s"] > 0 and env["resets_episode_steps"] < 100  # it leaves the road often
     assert set(env["vector_steps_per_s"]) == {"plain", "1", "2"} and min(env["vector_steps_per_s"].values()) > 0
     assert env["vector_ratio_2"] > 0 and env["vector_scaling_2"] > 0
     resets = env["reset_ms"]
