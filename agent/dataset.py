@@ -1,6 +1,7 @@
 """Recorded drives to training batches: load, clean, split by drive, balance, augment.
 
-Frames are decoded once into memory as uint8. Each training sample is one recorded frame, possibly
+Frames are decoded once into the on-disk frame cache (`data.frame_cache`) and read a sample at a time,
+so memory does not grow with the data (or, with `cache=False`, decoded into memory as uint8). Each training sample is one recorded frame, possibly
 re-rendered from a pose shifted sideways or rotated (PilotNet's side cameras, done exactly: the
 simulator draws what the camera would have seen there, and the expert says how to steer back),
 mirrored with its steering negated, and jittered in light, colour, shadow and noise. Batches end in
@@ -20,7 +21,8 @@ import cv2
 import numpy as np
 import torch
 
-from data.recording import find_drives, read_drive, read_meta
+from data.frame_cache import CacheUnwritable, FrameStore, cache_root, cached_drive
+from data.recording import Drive, find_drives, read_drive, read_meta
 from sim.car import CarConfig, CarState
 from sim.env import EnvConfig
 from sim.errors import UserError
@@ -63,7 +65,7 @@ class DriveData:
     """One recorded drive, cleaned and ready to sample from."""
 
     name: str
-    frames: np.ndarray  # (n, H, W, 3) uint8
+    frames: np.ndarray | FrameStore  # (n, H, W, 3) uint8; a FrameStore reads from the frame cache when indexed
     labels: np.ndarray  # (n,) float32 steering in [-1, 1]
     pose: np.ndarray  # (n, 5) float64: x, y, yaw, speed, s
     source: str
@@ -126,8 +128,15 @@ def _palette_from_meta(meta: dict) -> np.ndarray:
 
 
 def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None, smooth: float | None = None,
-                drop_before_s: float = 1.0, stream=None) -> DriveSet:
-    """Read every drive under `data_dir` into memory, dropping bad frames.
+                drop_before_s: float = 1.0, stream=None, cache: bool = True,
+                cache_dir: str | os.PathLike | None = None) -> DriveSet:
+    """Read every drive under `data_dir`, dropping bad frames.
+
+    With `cache` (the default) the frames stay on disk, decoded once into the frame cache
+    (`data.frame_cache`, in `cache_dir` or `cache_root()`), and each `DriveData.frames` is a
+    `FrameStore` that reads a frame when it is indexed: memory does not grow with the data. Without,
+    every frame is decoded into RAM (27,648 bytes per 96x96 frame). Labels, poses and everything else
+    are in memory either way.
 
     All drives must share one camera (and `camera`, when given). `smooth` is the label smoothing in
     seconds; None smooths keyboard drives by 0.25 s and leaves the rest. Problems with the folder as
@@ -170,46 +179,81 @@ def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None,
             env = EnvConfig(camera=denv.camera, car=denv.car)
             first_meta = str(meta_path)
         metas[path] = denv
-    drives: list[DriveData] = []
     stream = stream if stream is not None else sys.stderr
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    read: dict[Path, Drive] = {}
+    built = 0
+
+    def read_one(path: Path, wait: bool) -> bool:
+        """Read one drive into `read`; False when another process is caching it right now."""
+        nonlocal built
+        try:
+            if not cache:
+                read[path] = read_drive(path)
+                return True
+            got = cached_drive(path, root, wait=wait)
+        except CacheUnwritable:
+            raise
+        except UserError as e:
+            warnings.append(f"skipped drive: {e}")
+            return True
+        if got is None:
+            return False
+        read[path], new = got
+        built += new
+        return True
+
     with Progress(len(metas), "loading drives", stream=stream) as bar:
-        for path, denv in metas.items():
-            bar.update(1)
-            try:
-                d = read_drive(path)
-            except UserError as e:
-                warnings.append(f"skipped drive: {e}")
-                continue
-            warnings.extend(d.warnings)
-            if len(d) == 0:
-                warnings.append(f"{path}: drive has no readable frames, skipped")
-                continue
-            source = str(d.meta.get("source", "unknown"))
-            labels = np.clip(np.nan_to_num(d.steering, nan=0.0), -1, 1).astype(np.float32)
-            sigma = smooth if smooth is not None else (0.25 if source in SMOOTH_SOURCES else 0.0)
-            if sigma > 0:
-                labels = smooth_labels(labels, sigma, denv.car.dt)
-            # DAgger drives keep the second before an intervention: the expert's labels there are the
-            # very corrections DAgger collects (the policy drifted off; the label steers back)
-            before = 0 if source == "dagger" else round(drop_before_s / denv.car.dt)
-            keep = ~_bad_mask(d.off_track, d.intervention, before)
-            st = d.state
-            pose = np.stack([st["x"], st["y"], st["yaw"], st["speed"], st["s"]], 1)
-            keep &= np.all(np.isfinite(pose), 1)
-            if not keep.any():
-                warnings.append(f"{path}: every frame is off track or marked bad, skipped")
-                continue
-            spec = str(d.meta.get("track", ""))
-            try:
-                track = load_track(spec)
-            except (UserError, ValueError, OSError):
-                track = None
-                warnings.append(f"{path}: track {spec!r} not found here: no viewpoint shifts for this drive")
-            drives.append(DriveData(
-                name=str(path.relative_to(data_dir)) if path != data_dir else path.name,
-                frames=np.ascontiguousarray(d.frames[keep]), labels=labels[keep], pose=pose[keep],
-                source=source, track_spec=spec, palette=_palette_from_meta(d.meta), track=track,
-                dropped=int((~keep).sum())))
+        # a drive another process is caching right now (another DDP rank) is taken last, once it is done
+        waiting = []
+        for path in metas:
+            if read_one(path, wait=False):
+                bar.update(1, cached=built)
+            else:
+                waiting.append(path)
+        for path in waiting:
+            read_one(path, wait=True)
+            bar.update(1, cached=built)
+    drives: list[DriveData] = []
+    for path, denv in metas.items():
+        d = read.pop(path, None)
+        if d is None:
+            continue
+        warnings.extend(d.warnings)
+        if len(d) == 0:
+            warnings.append(f"{path}: drive has no readable frames, skipped")
+            continue
+        source = str(d.meta.get("source", "unknown"))
+        labels = np.clip(np.nan_to_num(d.steering, nan=0.0), -1, 1).astype(np.float32)
+        sigma = smooth if smooth is not None else (0.25 if source in SMOOTH_SOURCES else 0.0)
+        if sigma > 0:
+            labels = smooth_labels(labels, sigma, denv.car.dt)
+        # DAgger drives keep the second before an intervention: the expert's labels there are the
+        # very corrections DAgger collects (the policy drifted off; the label steers back)
+        before = 0 if source == "dagger" else round(drop_before_s / denv.car.dt)
+        keep = ~_bad_mask(d.off_track, d.intervention, before)
+        st = d.state
+        pose = np.stack([st["x"], st["y"], st["yaw"], st["speed"], st["s"]], 1)
+        keep &= np.all(np.isfinite(pose), 1)
+        if not keep.any():
+            warnings.append(f"{path}: every frame is off track or marked bad, skipped")
+            continue
+        spec = str(d.meta.get("track", ""))
+        try:
+            track = load_track(spec)
+        except (UserError, ValueError, OSError):
+            track = None
+            warnings.append(f"{path}: track {spec!r} not found here: no viewpoint shifts for this drive")
+        frames = d.frames.subset(keep) if isinstance(d.frames, FrameStore) else np.ascontiguousarray(d.frames[keep])
+        drives.append(DriveData(
+            name=str(path.relative_to(data_dir)) if path != data_dir else path.name,
+            frames=frames, labels=labels[keep], pose=pose[keep],
+            source=source, track_spec=spec, palette=_palette_from_meta(d.meta), track=track,
+            dropped=int((~keep).sum())))
+    if built:
+        size = sum(d.frames.nbytes for d in drives if isinstance(d.frames, FrameStore))
+        print(f"decoded the frames of {built} drive(s) into the frame cache {root} "
+              f"({size / 1e9:.2f} GB for all {len(drives)}; safe to delete, rebuilt when needed)", file=stream)
     if not drives:
         raise UserError(f"--data {data_dir}: no usable frames in {len(paths)} drive(s)"
                         + (f" ({warnings[0]})" if warnings else ""))
@@ -302,8 +346,11 @@ class FrameDataset(torch.utils.data.Dataset):
             index = np.concatenate([np.stack([np.full(len(d), i), np.arange(len(d))], 1)
                                     for i, d in enumerate(self.drives)]) if self.drives else np.zeros((0, 2))
         self.index = np.asarray(index, np.int64).reshape(-1, 2)
-        self.labels = np.array([self.drives[i].labels[j] for i, j in self.index], np.float32) \
-            if len(self.index) else np.zeros(0, np.float32)
+        if len(self.index):
+            starts = np.cumsum([0] + [len(d) for d in self.drives])
+            self.labels = np.concatenate([d.labels for d in self.drives])[starts[self.index[:, 0]] + self.index[:, 1]]
+        else:
+            self.labels = np.zeros(0, np.float32)
         cam = env.camera
         self.noise = noise_bank((cam.height, cam.width), augment.noise_std, seed)
         self._cameras: dict[int, Camera] = {}

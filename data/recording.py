@@ -18,9 +18,10 @@ Layout of a drive folder::
 
 from __future__ import annotations
 
+import io
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -233,11 +234,11 @@ def chunk_paths(folder: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _load_chunk(path: Path, frames: bool) -> dict[str, np.ndarray]:
+def _load_chunk(source: Path | io.BytesIO, frames: bool) -> dict[str, np.ndarray]:
     """Load and validate one chunk; raises ValueError with a short reason when it is not usable."""
     want = LABEL_KEYS + STATE_KEYS + (("frames",) if frames else ())
     out = {}
-    with np.load(path, allow_pickle=False) as z:
+    with np.load(source, allow_pickle=False) as z:
         missing = [k for k in want if k not in z.files]
         if missing:
             raise ValueError(f"missing arrays {', '.join(missing)}")
@@ -257,16 +258,22 @@ def _load_chunk(path: Path, frames: bool) -> dict[str, np.ndarray]:
     return out
 
 
-def iter_chunks(folder: str | os.PathLike, frames: bool = True,
-                warnings: list[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+def iter_chunks(folder: str | os.PathLike, frames: bool = True, warnings: list[str] | None = None,
+                on_bytes: Callable[[Path, bytes], object] | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Yield each readable chunk's arrays in order, streaming (constant memory for long drives).
 
     A corrupt, truncated or inconsistent chunk is skipped and a one-line message naming the file is
-    appended to `warnings`."""
+    appended to `warnings`. `on_bytes(path, bytes)` sees each chunk file's bytes as they were read
+    (the frame cache hashes exactly what it decoded)."""
     shape = None
     for path in chunk_paths(folder):
         try:
-            chunk = _load_chunk(path, frames)
+            if on_bytes is None:
+                chunk = _load_chunk(path, frames)
+            else:
+                blob = path.read_bytes()
+                on_bytes(path, blob)
+                chunk = _load_chunk(io.BytesIO(blob), frames)
             if frames:
                 if shape is None:
                     shape = chunk["frames"].shape[1:]
@@ -296,21 +303,27 @@ def read_drive(folder: str | os.PathLike, frames: bool = True) -> Drive:
     if frames and not chunks:
         cam = (meta.get("env") or {}).get("camera") or {}
         cat["frames"] = np.zeros((0, int(cam.get("height", 0)), int(cam.get("width", 0)), 3), np.uint8)
-    steering = cat["steering"].astype(np.float32)
-    throttle = cat["throttle"].astype(np.float32)
-    executed = cat["executed_steering"].astype(np.float32)
+    return drive_from_columns(folder, meta, cat["frames"] if frames else np.zeros((0,), np.uint8), cat, warnings)
+
+
+def drive_from_columns(folder: Path, meta: dict, frames, cols: dict[str, np.ndarray],
+                       warnings: list[str]) -> Drive:
+    """A `Drive` from the concatenated chunk arrays (the one place their types are settled)."""
+    steering = cols["steering"].astype(np.float32)
+    throttle = cols["throttle"].astype(np.float32)
+    executed = cols["executed_steering"].astype(np.float32)
     executed = np.where(np.isnan(executed), steering, executed).astype(np.float32)
     return Drive(
         path=folder,
         meta=meta,
-        frames=cat["frames"] if frames else np.zeros((0,), np.uint8),
+        frames=frames,
         steering=steering,
         throttle=None if np.all(np.isnan(throttle)) else throttle,
         executed_steering=executed,
-        correction=cat["correction"].astype(bool),
-        off_track=cat["off_track"].astype(bool),
-        intervention=cat["intervention"].astype(bool),
-        state={k: cat[k].astype(np.int32 if k == "lap" else np.float64) for k in STATE_KEYS},
+        correction=cols["correction"].astype(bool),
+        off_track=cols["off_track"].astype(bool),
+        intervention=cols["intervention"].astype(bool),
+        state={k: cols[k].astype(np.int32 if k == "lap" else np.float64) for k in STATE_KEYS},
         warnings=warnings,
     )
 

@@ -1,0 +1,178 @@
+"""The on-disk frame cache: exactly the frames `read_drive` gives, rebuilt when a drive changes or the
+cache is damaged, labels matching frames, and a reader touching only the frames it samples."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.dataset import NO_AUGMENT, BalancedSampler, FrameDataset, load_drives
+from data.frame_cache import FrameStore, cache_root, cached_drive, drive_key
+from data.recording import LABEL_KEYS, DriveWriter, chunk_paths, read_drive
+from sim import DriveEnv, EnvConfig, Expert, UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def record(folder: Path, spec: str = "procedural:0", steps: int = 120, bias: float = 0.0) -> Path:
+    """A real drive of the expert (plus a steering bias that can push it off the road), 3 chunks or more."""
+    cfg = EnvConfig(track=spec, off_track="recover")
+    env = DriveEnv(config=cfg)
+    expert = Expert()
+    obs, info = env.reset(seed=0, options={"track": spec})
+    with DriveWriter(folder, {"source": "autopilot", "track": spec, "env": cfg.to_dict()}, chunk_steps=50) as w:
+        for _ in range(steps):
+            label = expert.steering(env)
+            w.add(obs, label, info)
+            obs, _r, _t, _tr, info = env.step(np.array([np.clip(label + bias, -1, 1)], np.float32))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def drive(tmp_path_factory) -> Path:
+    return record(tmp_path_factory.mktemp("drives") / "d0")
+
+
+def same_drive(cached, raw) -> None:
+    assert isinstance(cached.frames, FrameStore) and cached.frames.shape == raw.frames.shape
+    assert np.array_equal(np.asarray(cached.frames), raw.frames)
+    for i in (0, len(raw) // 2, len(raw) - 1):
+        assert np.array_equal(cached.frames[i], raw.frames[i])
+    for k in LABEL_KEYS[:1] + ("correction", "off_track", "intervention"):
+        assert np.array_equal(getattr(cached, k), getattr(raw, k))
+    for k, v in raw.state.items():
+        assert np.array_equal(cached.state[k], v, equal_nan=True)
+    assert cached.warnings == raw.warnings
+
+
+def test_the_cache_gives_exactly_the_frames_and_labels_read_drive_gives(drive, tmp_path):
+    raw = read_drive(drive)
+    cached, built = cached_drive(drive, tmp_path)
+    assert built and len(raw) == 120
+    same_drive(cached, raw)
+    again, built = cached_drive(drive, tmp_path)
+    assert not built
+    same_drive(again, raw)
+    assert np.array_equal(again.frames[[5, 6, 7, 90, 3]], raw.frames[[5, 6, 7, 90, 3]])
+    assert np.array_equal(again.frames[10:20], raw.frames[10:20])
+    # the file is a plain uint8 array any tool can map
+    shape = again.frames.shape
+    mapped = np.memmap(again.frames.path, np.uint8, "r", shape=shape)
+    assert np.array_equal(mapped, raw.frames)
+
+
+def test_a_changed_drive_is_cached_anew(drive, tmp_path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for p in drive.iterdir():
+        (folder / p.name).write_bytes(p.read_bytes())
+    key = drive_key(folder)
+    assert key == drive_key(drive)  # keyed by content, not by path
+    _, built = cached_drive(folder, tmp_path / "cache")
+    assert built
+    chunks = chunk_paths(folder)
+    chunks[1].write_bytes(chunks[0].read_bytes())  # a chunk replaced: same size, other frames
+    assert drive_key(folder) != key
+    cached, built = cached_drive(folder, tmp_path / "cache")
+    assert built
+    same_drive(cached, read_drive(folder))
+    chunks[2].unlink()  # a chunk removed
+    cached, built = cached_drive(folder, tmp_path / "cache")
+    assert built and len(cached) == 100
+    same_drive(cached, read_drive(folder))
+
+
+@pytest.mark.parametrize("damage", ["truncate frames", "overwrite a frame", "garbage sidecar", "sidecar missing"])
+def test_a_damaged_cache_is_rebuilt_not_trusted(drive, tmp_path, damage):
+    raw = read_drive(drive)
+    cached, _ = cached_drive(drive, tmp_path)
+    u8, npz = Path(cached.frames.path), Path(cached.frames.path).with_suffix(".npz")
+    if damage == "truncate frames":
+        os.truncate(u8, u8.stat().st_size - 1000)
+    elif damage == "overwrite a frame":
+        with open(u8, "r+b") as f:
+            f.write(bytes(27648))  # frame 0 blacked out
+    elif damage == "garbage sidecar":
+        npz.write_bytes(b"PK\x03\x04 not really a zip")
+    else:
+        npz.unlink()
+    again, built = cached_drive(drive, tmp_path)
+    assert built
+    same_drive(again, raw)
+
+
+def test_a_build_killed_at_any_moment_leaves_no_entry_that_is_trusted(tmp_path):
+    drive = record(tmp_path / "long", steps=600)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    code = "import sys; from data.frame_cache import cached_drive; cached_drive(sys.argv[1], sys.argv[2])"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(drive), str(cache)], cwd=ROOT)
+    t0 = time.monotonic()
+    while proc.poll() is None and not list(cache.glob(".*.tmp")) and time.monotonic() - t0 < 30:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)  # mid-write when the temp file showed up in time
+    proc.wait()
+    killed_mid_write = bool(list(cache.glob(".*.tmp")))
+    assert not list(cache.glob("*.npz")) or not killed_mid_write
+    cached, built = cached_drive(drive, cache)
+    if killed_mid_write:
+        assert built
+    same_drive(cached, read_drive(drive))
+    assert not list(cache.glob(".*.tmp"))  # the killed build's leftovers are cleared
+
+
+def test_load_drives_with_the_cache_matches_load_drives_in_memory(tmp_path):
+    record(tmp_path / "data" / "clean", "procedural:1", steps=60)
+    record(tmp_path / "data" / "offroad", "procedural:2", steps=150, bias=0.9)  # frames dropped
+    mem = load_drives(tmp_path / "data", cache=False)
+    disk = load_drives(tmp_path / "data", cache_dir=tmp_path / "cache")
+    assert [d.name for d in disk.drives] == [d.name for d in mem.drives]
+    assert disk.drives[1].dropped > 20
+    for a, b in zip(disk.drives, mem.drives):
+        assert isinstance(a.frames, FrameStore) and isinstance(b.frames, np.ndarray)
+        assert np.array_equal(np.asarray(a.frames), b.frames)
+        assert np.array_equal(a.labels, b.labels) and np.array_equal(a.pose, b.pose)
+    fa, fb = FrameDataset(disk.drives, disk.env, NO_AUGMENT), FrameDataset(mem.drives, mem.env, NO_AUGMENT)
+    assert np.array_equal(fa.labels, fb.labels)
+    for i in range(0, len(fa), 7):
+        (xa, ya), (xb, yb) = fa[i], fb[i]
+        assert np.array_equal(xa, xb) and ya == yb
+
+
+def test_a_rank_reads_only_the_frames_it_samples(drive, tmp_path):
+    io_file = Path("/proc/self/io")
+    if not io_file.exists():
+        pytest.skip("needs /proc/self/io (Linux)")
+    data = load_drives(drive, cache_dir=tmp_path)
+    ds = FrameDataset(data.drives, data.env, NO_AUGMENT)
+    share = list(BalancedSampler(np.ones(len(ds)), 40, seed=0, rank=1, world=4))
+
+    def bytes_read() -> int:
+        return int(dict(line.split(": ") for line in io_file.read_text().splitlines())["rchar"])
+
+    before = bytes_read()
+    for i in share:
+        ds[i]
+    read = bytes_read() - before
+    assert len(share) == 10
+    assert read <= len(share) * 96 * 96 * 3 + 4096  # its 10 frames, not the drive's 120
+
+
+def test_an_unwritable_cache_folder_is_one_clear_error(drive, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match=r"file/cache: cannot write the frame cache here.*E2E_DRIVE_CACHE"):
+        load_drives(drive, cache_dir=blocker / "cache")
+
+
+def test_the_cache_lives_where_the_environment_says(monkeypatch, tmp_path):
+    monkeypatch.setenv("E2E_DRIVE_CACHE", str(tmp_path / "here"))
+    assert cache_root() == tmp_path / "here"
+    monkeypatch.delenv("E2E_DRIVE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "e2e-drive" / "frames"
