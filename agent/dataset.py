@@ -377,10 +377,10 @@ class FrameDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.float32]:
         di, fi = self.index[i]
         d = self.drives[di]
-        frame, label = d.frames[fi], float(d.labels[fi])
+        label = float(d.labels[fi])
         a = self.augment
         if a == NO_AUGMENT:
-            return frame, np.float32(label)
+            return d.frames[fi], np.float32(label)
         rng = np.random.default_rng([self.seed, self.epoch, int(i)])
         if d.track is not None and rng.random() < a.shift_prob:
             shift = rng.uniform(-a.max_shift_m, a.max_shift_m)
@@ -389,6 +389,8 @@ class FrameDataset(torch.utils.data.Dataset):
             x, y, yaw = shifted_pose(*d.pose[fi, :3], shift, rot)
             frame = self._camera(d).render(x, y, yaw)
             label = corrective_label(d.track, self.env.car, d.pose[fi], label, shift, rot, mode)
+        else:
+            frame = d.frames[fi]  # read only when used: a re-rendered sample needs no recorded frame
         if rng.random() < a.mirror_prob:
             frame = frame[:, ::-1]
             label = -label
