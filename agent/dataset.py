@@ -132,8 +132,8 @@ def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None,
                 cache_dir: str | os.PathLike | None = None) -> DriveSet:
     """Read every drive under `data_dir`, dropping bad frames.
 
-    With `cache` (the default) the frames stay on disk, decoded once into the frame cache
-    (`data.frame_cache`, in `cache_dir` or `cache_root()`), and each `DriveData.frames` is a
+    With `cache` (the default, unless `E2E_DRIVE_CACHE=off`) the frames stay on disk, decoded once into
+    the frame cache (`data.frame_cache`, in `cache_dir` or `cache_root()`), and each `DriveData.frames` is a
     `FrameStore` that reads a frame when it is indexed: memory does not grow with the data. Without,
     every frame is decoded into RAM (27,648 bytes per 96x96 frame). Labels, poses and everything else
     are in memory either way.
@@ -181,6 +181,7 @@ def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None,
         metas[path] = denv
     stream = stream if stream is not None else sys.stderr
     root = Path(cache_dir) if cache_dir is not None else cache_root()
+    cache = cache and root is not None  # E2E_DRIVE_CACHE=off: decode into memory
     read: dict[Path, Drive] = {}
     built = 0
 

@@ -4,9 +4,10 @@ Why: a 96x96 frame is 722 bytes in a drive's compressed chunks but 27,648 bytes 
 every frame into RAM (what training did) needs ~11 GB for 400k frames, on every DDP rank. Decoding
 once to disk and reading only the frames a batch needs keeps memory flat whatever the data size.
 
-Where: one entry per drive under `cache_root()`: `$E2E_DRIVE_CACHE` when set, else
-`$XDG_CACHE_HOME/e2e-drive/frames`, else `~/.cache/e2e-drive/frames`. Deleting it is always safe (it
-is rebuilt on the next `train`). An entry is named by the SHA-256 of the drive's chunk files (names and
+Where: one entry per drive under `cache_root()`: `$E2E_DRIVE_CACHE/frames` when the variable is set,
+else `$XDG_CACHE_HOME/e2e-drive/frames`, else `~/.cache/e2e-drive/frames` (beside the generated tracks'
+cache). Deleting it is always safe (it is rebuilt on the next `train`); `E2E_DRIVE_CACHE=off` turns it
+off (frames are then decoded into memory). An entry is named by the SHA-256 of the drive's chunk files (names and
 bytes): a drive whose chunks change (re-recorded, a chunk added, damaged or deleted) gets a new entry,
 and the same drive copied elsewhere reuses the old one.
 
@@ -36,12 +37,12 @@ from pathlib import Path
 import numpy as np
 
 from sim.errors import UserError
-from sim.files import atomic_write
+from sim.files import atomic_write, cache_dir
 
 from .recording import LABEL_KEYS, STATE_KEYS, Drive, chunk_paths, drive_from_columns, iter_chunks, read_meta
 
 CACHE_VERSION = 1  # part of every key: a new layout never reads an old entry
-ENV_VAR = "E2E_DRIVE_CACHE"
+ENV_VAR = "E2E_DRIVE_CACHE"  # read by sim.files.cache_dir
 CHECKED_FRAMES = 16  # frames whose checksums are verified each time an entry is opened
 
 
@@ -49,12 +50,9 @@ class CacheUnwritable(UserError):
     """The cache folder cannot be created or written (a problem of the set-up, not of one drive)."""
 
 
-def cache_root() -> Path:
-    """Where decoded frames are cached: `$E2E_DRIVE_CACHE`, else the user's cache folder."""
-    if os.environ.get(ENV_VAR):
-        return Path(os.environ[ENV_VAR]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "e2e-drive" / "frames"
+def cache_root() -> Path | None:
+    """Where decoded frames are cached (`sim.files.cache_dir`); None when `E2E_DRIVE_CACHE=off`."""
+    return cache_dir("frames")
 
 
 def _digest() -> hashlib._Hash:
@@ -274,6 +272,8 @@ def cached_drive(folder: str | os.PathLike, root: str | os.PathLike | None = Non
     """
     folder = Path(folder)
     root = Path(root) if root is not None else cache_root()
+    if root is None:
+        raise ValueError(f"{ENV_VAR}=off: no frame cache")
     meta = read_meta(folder)
     key = drive_key(folder)
     found = _open_entry(root, key, folder, meta)

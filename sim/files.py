@@ -122,3 +122,15 @@ def read_versioned_json(path: str | os.PathLike, kind: str, version: int, missin
     if found != version:
         raise UserError(f"{path}: {kind} format_version {found!r}; this program reads format version {version}")
     return obj
+
+
+def cache_dir(kind: str) -> Path | None:
+    """The folder of one kind of cache (`tracks`, `frames`): `$E2E_DRIVE_CACHE/KIND`, else
+    `$XDG_CACHE_HOME/e2e-drive/KIND`, else `~/.cache/e2e-drive/KIND`; None when `E2E_DRIVE_CACHE=off`.
+    Everything in it can be deleted at any time: it is rebuilt when needed."""
+    root = os.environ.get("E2E_DRIVE_CACHE")
+    if root == "off":
+        return None
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "e2e-drive"
+    return Path(root).expanduser() / kind

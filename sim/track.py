@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .files import atomic_write
+from .files import atomic_write, cache_dir
 
 REAL_DIR = Path(__file__).resolve().parent / "circuits"  # package data: 25 real circuits, LGPL-3.0
 SPACING_M = 1.0  # centerline resampling step; projection and rendering rely on it being small
@@ -310,12 +310,8 @@ def _generator_digest() -> str:
 
 
 def _cache_path(seed: int, style: str) -> Path | None:
-    root = os.environ.get("E2E_DRIVE_CACHE")
-    if root == "off":
-        return None
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "e2e-drive"
-    return Path(root) / "tracks" / f"{style}-{seed}-{_generator_digest()}.npy"
+    root = cache_dir("tracks")
+    return None if root is None else root / f"{style}-{seed}-{_generator_digest()}.npy"
 
 
 def _try_generate(rng: np.random.Generator, cfg: GeneratorStyle) -> Track | None:

@@ -170,9 +170,13 @@ def test_an_unwritable_cache_folder_is_one_clear_error(drive, tmp_path):
         load_drives(drive, cache_dir=blocker / "cache")
 
 
-def test_the_cache_lives_where_the_environment_says(monkeypatch, tmp_path):
+def test_the_cache_lives_where_the_environment_says(monkeypatch, tmp_path, drive):
     monkeypatch.setenv("E2E_DRIVE_CACHE", str(tmp_path / "here"))
-    assert cache_root() == tmp_path / "here"
+    assert cache_root() == tmp_path / "here" / "frames"
+    assert isinstance(load_drives(drive).drives[0].frames, FrameStore)
+    assert len(list((tmp_path / "here" / "frames").glob("*.u8"))) == 1
     monkeypatch.delenv("E2E_DRIVE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_root() == tmp_path / "xdg" / "e2e-drive" / "frames"
+    monkeypatch.setenv("E2E_DRIVE_CACHE", "off")  # frames decoded into memory, as before the cache
+    assert cache_root() is None and isinstance(load_drives(drive).drives[0].frames, np.ndarray)
