@@ -601,8 +601,68 @@ class Checkpoints:
         }
 
 
+class TensorBoard:
+    """Event files in the policy folder, so `tensorboard --logdir data/models` shows every run: the
+    training loss and learning rate every few steps; after each epoch the epoch's losses, frames/s,
+    and a picture of validation frames with their true and predicted steering and gradient saliency.
+    Rank 0 writes; without the `tensorboard` package, training goes on without it (after a note)."""
+
+    EVERY_STEPS = 10
+    N_FRAMES = 6
+
+    def __init__(self, run: Run, state: RunState):
+        self.writer = None
+        if not run.ranks.main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            run.say("note: tensorboard is not installed, so no TensorBoard logs "
+                    "(pip install -e \".[tensorboard]\")")
+            return
+        if run.checkpoint is None:  # a new run in this folder: the curves of an earlier one would mix in
+            for old in run.out.glob("events.out.tfevents.*"):
+                old.unlink(missing_ok=True)
+        # resuming: events a killed session wrote after its last checkpoint are dropped (purge_step)
+        self.writer = SummaryWriter(log_dir=str(run.out), purge_step=state.step or None, flush_secs=30)
+
+    def step(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        if self.writer is not None and step % self.EVERY_STEPS == 0:
+            self.writer.add_scalar("train/loss", float(loss), step)
+            self.writer.add_scalar("train/learning_rate", lr, step)
+
+    def epoch(self, state: RunState, model: torch.nn.Module, val_ds: FrameDataset | None) -> None:
+        if self.writer is None:
+            return
+        h, w = state.history[-1], self.writer
+        w.add_scalar("epoch/train_loss", h["train_loss"], state.step)
+        if h["val_loss"] is not None:
+            w.add_scalar("epoch/validation_loss", h["val_loss"], state.step)
+        w.add_scalar("epoch/frames_per_s", h["frames_per_s"], state.step)
+        w.add_scalar("epoch/learning_rate", h["lr"], state.step)
+        if val_ds is not None and len(val_ds):
+            w.add_image("validation/steering_and_saliency", self.picture(model, val_ds), state.step, dataformats="HWC")
+        w.flush()
+
+    def picture(self, model: torch.nn.Module, val_ds: FrameDataset) -> np.ndarray:
+        from .saliency import grid_image, pick_frames, saliency_maps
+
+        idx = pick_frames(len(val_ds), self.N_FRAMES)
+        frames = np.stack([val_ds[int(i)][0] for i in idx])
+        labels = np.array([val_ds[int(i)][1] for i in idx], np.float32)
+        was_training = model.training
+        model.eval()
+        maps, preds = saliency_maps(model, frames, device=next(model.parameters()).device)
+        model.train(was_training)
+        return grid_image(frames, {"gradient": maps}, labels, preds, scale=2, cols=3)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def train_epoch(run: Run, data: TrainData, net: torch.nn.Module, opt: torch.optim.Optimizer, state: RunState,
-                budget: Budget, saves: Checkpoints) -> tuple[float, float]:
+                budget: Budget, saves: Checkpoints, tb: TensorBoard) -> tuple[float, float]:
     """Step through the rest of this epoch, or until the budget is spent. Every rank takes the same
     steps with the same learning rate (rank 0's clock decides). Returns this rank's mean training
     loss and the frames/s of all ranks."""
@@ -633,6 +693,7 @@ def train_epoch(run: Run, data: TrainData, net: torch.nn.Module, opt: torch.opti
             state.batch_in_epoch += 1
             state.frames_seen += len(xb) * run.ranks.world
             state.trained_s = run.ranks.agree(state.trained_s + now - t_last)
+            tb.step(state.step, loss.detach(), lr)
             t_last = now
             if loss_n % 10 == 0 or loss_n == 1:
                 bar.update(0, loss=float(loss_sum) / loss_n, lr=f"{lr:.2e}")
@@ -741,15 +802,18 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, minutes: f
     announce(run, data, params)
 
     saves = Checkpoints(run, data, model, opt, budget)
+    tb = TensorBoard(run, state)
     while not budget.spent(state):
         if ranks.device.type == "cpu" and run.threads > 1 and state.history:  # the machine's load may have changed
             pick_threads(cfg.arch, camera_cfg, cfg.batch, run.threads)
-        train_loss, frames_per_s = train_epoch(run, data, net, opt, state, budget, saves)
+        train_loss, frames_per_s = train_epoch(run, data, net, opt, state, budget, saves, tb)
         t0 = time.perf_counter()
         val = validate(net, data.val_ds, ranks)
         state.trained_s = ranks.agree(state.trained_s + time.perf_counter() - t0)
         improved = end_epoch(run, state, budget, ranks.mean(train_loss), val, frames_per_s)
         saves.epoch(state, improved, final=budget.spent(state))
+        tb.epoch(state, model, data.val_ds)
+    tb.close()
     ranks.finish()
 
     result = TrainResult(out=run.out, epochs=state.history[-1]["epoch"] if state.history else 0.0, steps=state.step,

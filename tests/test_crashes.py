@@ -66,8 +66,9 @@ def test_sigkill_during_train_then_resume(one_drive, tmp_path):
     saved_epoch = json.loads(state.read_text())["epoch"]
 
     from agent.model import load_policy
-    load_policy(out)  # the best policy so far is whole and loadable
-    assert not list(out.glob("*.tmp")) or all(p.name.startswith(".") for p in out.glob("*.tmp"))
+    from agent.train import load_checkpoint
+    load_policy(out)  # the best policy so far is whole and loadable (its weights match the card's hash)
+    assert load_checkpoint(out)[0]["epoch"] == saved_epoch  # and so is the checkpoint (hash checked)
 
     r = subprocess.run(cli("train", "--data", str(one_drive), "--out", str(out), "--arch", "small",
                            "--epochs", str(saved_epoch + 1), "--seed", "1", "--resume"),
@@ -78,6 +79,7 @@ def test_sigkill_during_train_then_resume(one_drive, tmp_path):
     epochs = [h["epoch"] for h in (history if isinstance(history, list) else history["history"])]
     assert max(epochs) >= saved_epoch + 1  # it went on from the checkpoint, not from zero
     load_policy(out)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # the killed run's temp files are gone
 
 
 def test_sigkill_during_play_keeps_the_chunks(tmp_path):

@@ -135,3 +135,37 @@ def test_bad_input_ends_with_one_error_line(drive_and_policy, tmp_path, which, v
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
+
+
+class PatchOnly(torch.nn.Module):
+    """Keeps one rectangle of the input and zeroes the rest: whatever follows sees only that patch."""
+
+    def __init__(self, rows: slice, cols: slice):
+        super().__init__()
+        self.rows, self.cols = rows, cols
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros_like(x)
+        mask[:, :, self.rows, self.cols] = 1.0
+        return x * mask
+
+
+def test_the_gradient_map_concentrates_on_the_only_patch_the_output_depends_on():
+    """A network whose steering depends only on a known off-centre patch (rows 10-30, columns 58-82):
+    the map (the default method, as `watch` and `eval --video` show it) must light up there, not
+    elsewhere, and not transposed or mirrored."""
+    torch.manual_seed(0)
+    rows, cols = slice(10, 30), slice(58, 82)
+    net = torch.nn.Sequential(PatchOnly(rows, cols), torch.nn.Conv2d(3, 8, 5, 2), torch.nn.ELU(),
+                              torch.nn.Flatten(), torch.nn.Linear(8 * 46 * 46, 1), torch.nn.Tanh())
+    frames = np.stack(frames_of(CameraConfig()))
+    maps, _ = saliency_maps(net, frames, method="gradient")
+    for m in maps:
+        inside = np.zeros(m.shape, bool)
+        inside[rows, cols] = True
+        near = np.zeros(m.shape, bool)  # the patch plus the blur's reach (3 sigma of 2 px)
+        near[rows.start - 6:rows.stop + 6, cols.start - 6:cols.stop + 6] = True
+        assert m[near].sum() > 0.99 * m.sum()
+        assert m[inside].mean() > 10 * max(m[~near].mean(), 1e-6)
+        r, c = np.unravel_index(np.argmax(m), m.shape)
+        assert inside[r, c]

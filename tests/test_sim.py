@@ -1,6 +1,7 @@
 """Car, camera, environment and expert: the real env, the real renderer."""
 
 import math
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -102,9 +103,13 @@ def test_random_palette_changes_colours_deterministically():
 
 
 # -- env ------------------------------------------------------------------------------------------
-def test_env_passes_gymnasium_checker():
-    env = gym.make("E2EDrive-v0", track="procedural:1").unwrapped
-    check_env(env, skip_render_check=True)
+@pytest.mark.parametrize("render_mode", [None, "rgb_array", "human"])
+def test_env_passes_gymnasium_checker_with_its_render_check(render_mode):
+    env = gym.make("E2EDrive-v0", track="procedural:1", render_mode=render_mode).unwrapped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the checker reports most findings as warnings: each one fails here
+        check_env(env)
+    env.close()
 
 
 def test_same_seed_same_frames():
@@ -128,13 +133,16 @@ def test_reward_terminate_and_info():
         assert key in info
     obs, r, term, trunc, info = env.step(np.zeros(1, np.float32))
     assert r > 0  # progress
-    total = 0
-    for _ in range(400):  # full right lock: leaves the track and terminates
+    total, steps = r, 1
+    for _ in range(400):  # full right lock: leaves the track within seconds and terminates
         obs, r, term, trunc, info = env.step(np.ones(1, np.float32))
-        total += 1
+        total += r
+        steps += 1
         if term:
             break
-    assert term and info["off_track"] and r < 0 and info["off_track_count"] == 1
+    assert term and info["off_track"] and r < 0 and info["off_track_count"] == 1 and steps < 60
+    # the return is the progress (0.1 per metre) less the one off-track penalty (10)
+    assert total == pytest.approx(info["progress_m"] / 10 - 10.0) and info["progress_m"] > 0
 
 
 def test_recover_mode_puts_car_back_and_counts():

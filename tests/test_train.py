@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import val_label_variance
 from safetensors.torch import load_file
 from test_dataset import record_drive
 
@@ -112,14 +113,44 @@ def test_ddp_ranks_step_together_and_end_with_identical_weights(drives, tmp_path
     assert len(hist) >= 2 and hist[-1]["train_loss"] < hist[0]["train_loss"]  # and it learned
 
 
-def test_cli_trains_and_prints_a_summary(drives, tmp_path):
-    proc = cli("train", "--data", str(drives), "--out", str(tmp_path / "m"), "--epochs", "1", "--arch", "small",
-               "--batch", "32")
+def test_cli_trains_a_policy_that_learned_and_prints_a_summary(learn_drives, tmp_path):
+    out = tmp_path / "m"
+    proc = cli("train", "--data", str(learn_drives), "--out", str(out), "--epochs", "4", "--arch", "small",
+               "--batch", "32", "--lr", "3e-3")
     assert proc.returncode == 0, proc.stderr
     assert "Summary" in proc.stdout and "best val loss" in proc.stdout
-    assert "epoch 1/1" in proc.stderr  # the progress bar
-    again = cli("train", "--data", str(drives), "--out", str(tmp_path / "m"), "--epochs", "1")
+    assert "epoch 1/4" in proc.stderr  # the progress bar
+    # it learned: far better on the held-out drives than always answering their mean steering
+    best = load_policy(out).card["training"]["best_val_loss"]
+    assert best < 0.7 * val_label_variance(learn_drives, out), best
+    again = cli("train", "--data", str(learn_drives), "--out", str(out), "--epochs", "1")
     assert again.returncode != 0 and "--resume" in again.stderr
+
+
+def test_tensorboard_event_files_hold_the_losses_and_a_picture(trained):
+    """`tensorboard --logdir` on the policy folder shows the run: the event files there hold the
+    training and validation losses (the history's own figures), learning rate, frames/s, and images."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained.policy), size_guidance={"scalars": 0, "images": 0}).Reload()
+    tags = events.Tags()
+    assert {"train/loss", "train/learning_rate", "epoch/train_loss", "epoch/validation_loss",
+            "epoch/frames_per_s", "epoch/learning_rate"} <= set(tags["scalars"])
+    history = json.loads((trained.policy / "history.json").read_text())["history"]
+    logged = [e.value for e in events.Scalars("epoch/validation_loss")]
+    assert logged == pytest.approx([h["val_loss"] for h in history], rel=1e-5)
+    assert [e.value for e in events.Scalars("epoch/train_loss")] == pytest.approx(
+        [h["train_loss"] for h in history], rel=1e-5)
+    assert len(events.Scalars("train/loss")) >= 10
+    assert len(events.Images("validation/steering_and_saliency")) == len(history)
+
+
+def test_training_goes_on_without_tensorboard(drives, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if it were not installed
+    res = train(drives, tmp_path / "m", epochs=1, cfg=TINY, device="cpu")
+    assert res.steps > 0 and (tmp_path / "m" / "model.safetensors").exists()
+    assert "tensorboard is not installed" in capsys.readouterr().out
+    assert not list((tmp_path / "m").glob("events.out.tfevents.*"))
 
 
 @pytest.mark.parametrize("case", ["empty", "missing", "camera", "minutes0", "device", "arch", "cuda"])
