@@ -6,7 +6,11 @@ resumable checkpoint (safetensors + JSON, no pickle) every epoch and every minut
 GPU, or several under `torchrun --nproc_per_node N` (DDP: NCCL on GPUs, gloo on CPUs).
 
 The output folder is the policy folder: `model.safetensors` + `card.json` (the best epoch), plus
-`train_state.json` and `train_state_*.safetensors` (to resume), `loss_curves.png`, `history.json`.
+`train_state.json` and `train_state_*.safetensors` (to resume), `loss_curves.png`, `history.json`, and
+TensorBoard event files (`events.out.tfevents.*`, when tensorboard is installed).
+
+`train` reads as a sequence of steps: settle the settings, load the data, make the model, loop over
+epochs (`train_epoch`, `validate`, `end_epoch`), checkpoint, report.
 """
 
 from __future__ import annotations
@@ -654,7 +658,7 @@ class TensorBoard:
         model.eval()
         maps, preds = saliency_maps(model, frames, device=next(model.parameters()).device)
         model.train(was_training)
-        return grid_image(frames, {"gradient": maps}, labels, preds, scale=2, cols=3)
+        return grid_image(frames, {"gradient": maps}, labels, preds, cols=2)
 
     def close(self) -> None:
         if self.writer is not None:
