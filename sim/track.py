@@ -377,33 +377,45 @@ def _round_corners(xy: np.ndarray, min_radius: float, max_iter: int = 3000) -> n
     10 points each way); the 7 iterations between move each of them to the mean of its 6
     neighbours, all at once. Only the windows around tight stretches are computed."""
     xy = xy.copy()
+    n = len(xy)
+    near = None  # the points whose curvature may have changed since the last check (None: all)
     for it in range(0, max_iter, 8):
-        ring = np.concatenate([xy[-2:], xy, xy[:2]])
-        a, c = ring[:-4], ring[4:]  # the points 2 before and 2 after
-        xa, ca, cx = xy - a, c - a, c - xy
+        if near is None:
+            a, b, c = np.roll(xy, 2, 0), xy, np.roll(xy, -2, 0)
+        else:  # elsewhere nothing moved within 2 points, and nothing there was tight
+            a, b, c = xy[(near - 2) % n], xy[near], xy[(near + 2) % n]
+        xa, ca, cx = b - a, c - a, c - b
         ab = np.hypot(xa[:, 0], xa[:, 1])
         bc = np.hypot(cx[:, 0], cx[:, 1])
         ac = np.hypot(ca[:, 0], ca[:, 1])
         cross = np.abs(xa[:, 0] * ca[:, 1] - xa[:, 1] * ca[:, 0])
         kappa = 2 * cross / np.maximum(ab * bc * ac, 1e-12)  # Menger curvature
-        tight = kappa * min_radius > 1.0
-        if not tight.any():
+        over = kappa * min_radius > 1.0
+        if not over.any():
             return xy
-        _diffuse(xy, tight, min(7, max_iter - it - 1))
+        if near is None:
+            tight = over
+        else:
+            tight = np.zeros(n, bool)
+            tight[near[over]] = True
+        near = _diffuse(xy, tight, min(7, max_iter - it - 1))
     return None
 
 
-def _diffuse(xy: np.ndarray, tight: np.ndarray, steps: int) -> None:
+def _diffuse(xy: np.ndarray, tight: np.ndarray, steps: int) -> np.ndarray | None:
     """`steps` times, in place: each point within 10 of a tight one becomes the mean of its 6
     neighbours (+-3), all from the same previous positions. Works only on the stretches that move,
-    with 3 points of context each side, laid end to end: each step is a few slice additions."""
+    with 3 points of context each side, laid end to end: each step is a few slice additions.
+    Returns the points within 13 of a tight one (all whose curvature can have changed), or None
+    when that is the whole ring."""
     n = len(xy)
     k = 13  # moved points (10 around a tight one) and their context (3 more)
     count = np.concatenate([[0], np.cumsum(np.concatenate([tight[-k:], tight, tight[:k]]))])
     moves = count[k + 11:n + k + 11] > count[3:n + 3]  # a tight point within +-10
     window = count[2 * k + 1:] > count[:n]  # ... within +-13
     if window.all():  # no stretch stands still: no place to cut the ring open
-        return _diffuse_all(xy, moves, steps)
+        _diffuse_all(xy, moves, steps)
+        return None
     start = int(np.argmin(window))  # a point outside every window: the ring is cut open there
     inside = np.flatnonzero(window)
     cut = int(np.searchsorted(inside, start))
@@ -420,6 +432,7 @@ def _diffuse(xy: np.ndarray, tight: np.ndarray, steps: int) -> None:
         s += back3
         np.divide(s, 6, out=centre, where=move)  # the mean, written only where points move
     xy[where] = p
+    return where
 
 
 def _diffuse_all(xy: np.ndarray, tight: np.ndarray, steps: int) -> None:
