@@ -127,6 +127,8 @@ def bench_resets(rounds: int, camera: str, theirs) -> dict:
             for r in range(rounds):
                 specs = [f"procedural:{100_000 + 100 * r + i}" for i in range(n)]
                 opts = [{"track": s} for s in specs]
+                for s in specs:  # never seen in this process, and not on disk (a fresh cache folder)
+                    trackmod.forget(s)
                 keep("generated", _reset_ms(ours, opts, r))
                 for s in specs:  # as in a new process: the tracks are on disk, not in memory
                     trackmod.forget(s)
