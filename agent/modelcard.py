@@ -90,8 +90,14 @@ def _shape(dims: list) -> str:
     return "(" + ", ".join(map(str, dims)) + ")"
 
 
+HEADINGS = {"key": "tracks", "laps_attempted": "laps", "laps_completed": "clean laps",
+            "route_completion": "route completion", "off_track_per_km": "off-track per km",
+            "mean_abs_cte_m": "mean \\|cte\\| (m)", "autonomy_pct": "autonomy %", "mean_lap_time_s": "lap time (s)"}
+
+
 def _table(rows: list[dict], columns: list[str]) -> list[str]:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(HEADINGS.get(c, c.replace("_", " ")) for c in columns) + " |",
+             "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(r.get(c)).replace("|", "\\|") for c in columns) + " |" for r in rows]
     return lines
 
