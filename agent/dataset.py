@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,8 @@ from sim.track import Track, load_track
 from .preprocess import preprocess
 
 EXPERT_SOURCES = ("autopilot", "expert", "dagger")  # labels are the expert's own: shifted labels are exact
-SMOOTH_SOURCES = ("keyboard",)  # step-like labels that `smooth=None` smooths by default
+SMOOTH_SOURCES = ("keyboard",)
+MAP_BYTES = 1 << 30  # drawn track maps a FrameDataset keeps for viewpoint shifts, per process  # step-like labels that `smooth=None` smooths by default
 
 
 @dataclass(frozen=True)
@@ -337,8 +339,9 @@ class FrameDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, drives: Sequence[DriveData], env: EnvConfig, augment: AugmentConfig = NO_AUGMENT,
-                 seed: int = 0, index: np.ndarray | None = None):
+                 seed: int = 0, index: np.ndarray | None = None, map_bytes: int = MAP_BYTES):
         self.drives = list(drives)
+        self.map_bytes = int(map_bytes)
         self.env = env
         self.augment = augment
         self.seed = int(seed)
@@ -354,7 +357,8 @@ class FrameDataset(torch.utils.data.Dataset):
             self.labels = np.zeros(0, np.float32)
         cam = env.camera
         self.noise = noise_bank((cam.height, cam.width), augment.noise_std, seed)
-        self._cameras: dict[int, Camera] = {}
+        self._cameras: OrderedDict[int, Camera] = OrderedDict()  # least recently used first
+        self._map_held: dict[int, int] = {}
         if augment.shift_prob > 0:  # draw the track maps now, before any worker process forks
             for d in self.drives:
                 if d.track is not None:
@@ -367,11 +371,20 @@ class FrameDataset(torch.utils.data.Dataset):
         return len(self.index)
 
     def _camera(self, d: DriveData) -> Camera:
-        cam = self._cameras.get(id(d.track))
+        """The camera of the drive's track. A map draws the tiles its views need and keeps them, so
+        over many samples each track's map grows towards its whole road (~3-34 MB): past `map_bytes`
+        in all, the least recently used cameras are dropped (their maps are drawn again if needed)."""
+        key = id(d.track)
+        cam = self._cameras.pop(key, None)
         if cam is None:
             car = self.env.car
             cam = Camera(d.track, self.env.camera, car.length_m, car.width_m, car.wheelbase_m)
-            self._cameras[id(d.track)] = cam
+        self._cameras[key] = cam
+        # what each map held when last seen: the one in hand is counted anew (its last view drew tiles)
+        self._map_held[key] = cam.map.resident_bytes
+        while len(self._cameras) > 1 and sum(self._map_held.values()) > self.map_bytes:
+            oldest = next(iter(self._cameras))
+            del self._cameras[oldest], self._map_held[oldest]
         cam.set_palette(d.palette)
         return cam
 

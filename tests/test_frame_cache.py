@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.dataset import NO_AUGMENT, BalancedSampler, FrameDataset, load_drives
+from agent.dataset import NO_AUGMENT, AugmentConfig, BalancedSampler, FrameDataset, load_drives
 from data.frame_cache import FrameStore, cache_root, cached_drive, drive_key
 from data.recording import LABEL_KEYS, DriveWriter, chunk_paths, read_drive
 from sim import DriveEnv, EnvConfig, Expert, UserError
@@ -180,3 +180,23 @@ def test_the_cache_lives_where_the_environment_says(monkeypatch, tmp_path, drive
     assert cache_root() == tmp_path / "xdg" / "e2e-drive" / "frames"
     monkeypatch.setenv("E2E_DRIVE_CACHE", "off")  # frames decoded into memory, as before the cache
     assert cache_root() is None and isinstance(load_drives(drive).drives[0].frames, np.ndarray)
+
+
+def test_viewpoint_shift_maps_stay_within_their_memory_budget(tmp_path):
+    # many tracks, sampled at random: each map keeps the tiles its views drew, so the dataset drops
+    # the least recently used maps past its budget, and the samples stay exactly the same
+    for i in range(3):
+        record(tmp_path / "data" / f"d{i}", f"procedural:{i}", steps=60)
+    data = load_drives(tmp_path / "data")
+    aug = AugmentConfig(shift_prob=1.0, mirror_prob=0.0, light_prob=0.0, shadow_prob=0.0, noise_std=0.0)
+    free = FrameDataset(data.drives, data.env, aug)
+    budget = 1 << 20
+    tight = FrameDataset(data.drives, data.env, aug, map_bytes=budget)
+    fewest = 3
+    for i in np.random.default_rng(0).permutation(len(free))[:90]:
+        assert np.array_equal(tight[int(i)][0], free[int(i)][0])
+        *older, _newest = tight._cameras.values()
+        assert sum(c.map.resident_bytes for c in older) <= budget
+        fewest = min(fewest, len(tight._cameras))
+    assert len(free._cameras) == 3 and sum(c.map.resident_bytes for c in free._cameras.values()) > 2 * budget
+    assert fewest == 1
