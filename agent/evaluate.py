@@ -464,7 +464,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="DIR", help="one PNG per track: trajectory coloured by |cte|")
     parser.add_argument("--randomise-palette", action="store_true", help="new colours on every track")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first track's episode (default 0)")
-    parser.add_argument("--workers", type=int, default=1, help="processes driving tracks in parallel (default 1)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes driving tracks in parallel, each taking the next track from a shared "
+                             "queue; up to one per CPU core (default 1)")
     parser.add_argument("--batch", type=int, default=8,
                         help="tracks stepped in lock step per process, one policy call for all (default 8)")
     parser.add_argument("--device", default="cpu", help="torch device for --model (default cpu)")
