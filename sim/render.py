@@ -174,15 +174,13 @@ class TrackMap:
 
     def ensure(self, x0: float, y0: float, x1: float, y1: float) -> None:
         """Draw every tile under the map pixel box [x0, x1] x [y0, y1] that is not drawn yet."""
-        ny, nx = self._drawn.shape
-        tx0 = min(max(int(x0) // TILE_PX, 0), nx - 1)
-        tx1 = min(max(int(x1) // TILE_PX, 0), nx - 1)
-        ty0 = min(max(int(y0) // TILE_PX, 0), ny - 1)
-        ty1 = min(max(int(y1) // TILE_PX, 0), ny - 1)
-        key = (tx0, ty0, tx1, ty1)
-        if key == self._last_ensured:
+        key = (int(x0) // TILE_PX, int(y0) // TILE_PX, int(x1) // TILE_PX, int(y1) // TILE_PX)
+        if key == self._last_ensured:  # the same tiles as the last frame: all drawn
             return
         self._last_ensured = key
+        ny, nx = self._drawn.shape
+        tx0, tx1 = (min(max(t, 0), nx - 1) for t in key[::2])
+        ty0, ty1 = (min(max(t, 0), ny - 1) for t in key[1::2])
         block = self._drawn[ty0:ty1 + 1, tx0:tx1 + 1]
         if block.all():
             return

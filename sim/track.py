@@ -70,8 +70,8 @@ class Track:
         ds[0] += self.length
         ds[-1] += self.length
         self.curvature = dtheta / np.maximum(ds, 1e-9)
-        self._columns = (self.xy[:, 0].copy(), self.xy[:, 1].copy(), seg[:, 0].copy(), seg[:, 1].copy(),
-                         self._seg_len ** 2)
+        # x, y, segment dx, dy and squared length per point, as rows: a window of them is one slice
+        self._columns = np.stack([self.xy[:, 0], self.xy[:, 1], seg[:, 0], seg[:, 1], self._seg_len ** 2])
 
     # -- geometry -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -112,13 +112,13 @@ class Track:
             first, count = (self.index_at(s_hint) + lo) % n, hi - lo + 1
         # the same arithmetic as on (N, 2) arrays, per coordinate, on a slice when the window
         # does not wrap: a step's projection is a few dozen small numpy calls, not a hundred
-        cx, cy, cd0, cd1, clen2 = self._columns
-        if first + count <= n:
-            e = first + count
-            x0, y0, d0, d1, len2 = cx[first:e], cy[first:e], cd0[first:e], cd1[first:e], clen2[first:e]
-        else:
-            pick = (first + np.arange(count)) % n
-            x0, y0, d0, d1, len2 = cx.take(pick), cy.take(pick), cd0.take(pick), cd1.take(pick), clen2.take(pick)
+        end = first + count
+        if end <= n:
+            x0, y0, d0, d1, len2 = self._columns[:, first:end]
+        elif count <= n:  # the window wraps past the start line
+            x0, y0, d0, d1, len2 = np.concatenate([self._columns[:, first:], self._columns[:, :end - n]], 1)
+        else:  # a track shorter than the window
+            x0, y0, d0, d1, len2 = self._columns.take((first + np.arange(count)) % n, 1)
         rel0, rel1 = x - x0, y - y0
         t = np.minimum(np.maximum((rel0 * d0 + rel1 * d1) / len2, 0.0), 1.0)  # np.clip, with less overhead
         diff0, diff1 = rel0 - d0 * t, rel1 - d1 * t
