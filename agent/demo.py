@@ -20,6 +20,7 @@ from sim.errors import UserError
 from sim.files import atomic_write_text
 
 from .evaluate import PolicyDriver, evaluate, write_json
+from .modelcard import record_eval
 
 EXAMPLES = """examples:
   python run_drive.py demo                 # ~13 minutes on a 2-core CPU, a few on a GPU
@@ -112,6 +113,8 @@ def run_demo(out: str | os.PathLike | None = None, quick: bool = False, device: 
     write_json(out / "eval_real.json", report)
     evals.append(("real circuits", "eval_real.json", report))
     timings["evaluate"] = time.perf_counter() - t0
+    for _name, _file, rep in evals:  # the policy's model card carries its figures, as after `eval`
+        record_eval(out / "model", rep)
 
     _stage(4, "writing the report")
     timings["total"] = time.perf_counter() - t_all

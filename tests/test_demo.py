@@ -55,7 +55,8 @@ def test_demo_quick_end_to_end_SLOW(tmp_path):
     assert (out / "loss_curves.png").stat().st_size > 1000
     assert (out / "model" / "model.safetensors").is_file()
 
-    # the results table agrees with the JSON written beside it
+    # the results table agrees with the JSON written beside it, and so does the policy's model card
+    card = (out / "model" / "README.md").read_text()
     groups = {"unseen procedural": "eval_procedural.json", "real circuits": "eval_real.json"}
     rows = markdown_table(md, "tracks")
     assert [row["tracks"] for row in rows] == list(groups)  # the real circuits ship with the package
@@ -74,6 +75,7 @@ def test_demo_quick_end_to_end_SLOW(tmp_path):
         assert float(row["lap s"]) == pytest.approx(s["mean_lap_time_s"], abs=0.06)
         assert row["expert clean"] == f"{s['expert']['laps_completed']}/{s['expert']['laps_attempted']}"
         assert s["expert"]["completion_rate"] == 1.0
+        assert f"| {report['settings']['tracks']}, 1 lap, seed 0 |" in card  # the model card has the figures
 
     # one video, readable, as long as the JSON says
     video = json.loads((out / "eval_procedural.json").read_text())["video"]
