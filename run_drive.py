@@ -12,22 +12,24 @@ import importlib
 import os
 import sys
 
-# name: (module, one-line help). Modules are imported only when their command runs, so
+# name, module, one-line help. Modules are imported only when their command runs, so
 # `run_drive.py play` never imports torch and `run_drive.py --help` is instant.
-COMMANDS = {
-    "demo": ("agent.demo", "record, train, evaluate and write a report: the one-command tour"),
-    "tracks": ("data.tracks", "list the built-in tracks (procedural, challenge, 25 real circuits); --plot thumbnails"),
-    "play": ("data.play", "drive yourself in a window (keyboard, mouse or gamepad); every drive is recorded"),
-    "record": ("data.record", "record autopilot drives (the expert), with noise injection, in parallel"),
-    "inspect": ("data.inspect", "summarise recorded drives: table, steering histogram, plots"),
-    "train": ("agent.train", "behavioural cloning: train the CNN policy on recorded drives"),
-    "eval": ("agent.evaluate", "closed-loop evaluation of a policy (or the expert) on tracks"),
-    "watch": ("agent.watch", "watch a policy drive in a window; take over with a key"),
-    "dagger": ("agent.dagger", "DAgger: the policy drives, the expert labels, retrain, repeat"),
-    "saliency": ("agent.saliency", "what the network looks at: saliency maps over camera frames"),
-    "export": ("agent.export", "write a policy as one self-contained ONNX file (runs in onnxruntime, off Python)"),
-    "bench": ("agent.bench", "speed: env steps/s vs CarRacing-v3, render, training and policy latency"),
-}
+_COMMAND_TABLE = """
+demo     agent.demo      record, train, evaluate and write a report: the one-command tour
+tracks   data.tracks     list the built-in tracks (procedural, challenge, 25 real circuits); --plot thumbnails
+play     data.play       drive yourself in a window (keyboard, mouse or gamepad); every drive is recorded
+record   data.record     record autopilot drives (the expert), with noise injection, in parallel
+inspect  data.inspect    summarise recorded drives: table, steering histogram, plots
+train    agent.train     behavioural cloning: train the CNN policy on recorded drives
+eval     agent.evaluate  closed-loop evaluation of a policy (or the expert) on tracks
+watch    agent.watch     watch a policy drive in a window; take over with a key
+dagger   agent.dagger    DAgger: the policy drives, the expert labels, retrain, repeat
+saliency agent.saliency  what the network looks at: saliency maps over camera frames
+export   agent.export    write a policy as one self-contained ONNX file (runs in onnxruntime, off Python)
+bench    agent.bench     speed: env steps/s vs CarRacing-v3, render, training and policy latency
+"""
+COMMANDS = {name: (module, help_text) for name, module, help_text in
+            (line.split(None, 2) for line in _COMMAND_TABLE.strip().splitlines())}
 
 EPILOG = """examples:
   python run_drive.py demo                      # the whole tour on built-in tracks, no display needed
