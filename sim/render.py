@@ -247,9 +247,11 @@ class TrackMap:
         self._layers = [(lab, kind, shapes) for lab, kind, shapes in layers if len(shapes)]
         los, his = [], []
         for _, _, shapes in self._layers:
-            corners = [shapes[:, i] for i in range(shapes.shape[1])]
-            los.append((np.minimum.reduce(corners) >> self._SHIFT) - pad)
-            his.append((np.maximum.reduce(corners) >> self._SHIFT) + pad + 1)
+            lo, hi = shapes[:, 0], shapes[:, 0]
+            for i in range(1, shapes.shape[1]):
+                lo, hi = np.minimum(lo, shapes[:, i]), np.maximum(hi, shapes[:, i])
+            los.append((lo >> self._SHIFT) - pad)
+            his.append((hi >> self._SHIFT) + pad + 1)
         self._layer_start = np.cumsum([0] + [len(s) for _, _, s in self._layers])
         self._lo_px, self._hi_px = np.concatenate(los), np.concatenate(his)
         self._index_tiles()
@@ -265,8 +267,8 @@ class TrackMap:
         pad = -m % _CHUNK
         lo = np.concatenate([self._lo_px, np.full((pad, 2), np.iinfo(np.int32).max, self._lo_px.dtype)])
         hi = np.concatenate([self._hi_px, np.full((pad, 2), np.iinfo(np.int32).min, self._hi_px.dtype)])
-        self._chunk_lo = lo.reshape(-1, _CHUNK, 2).min(1)
-        self._chunk_hi = hi.reshape(-1, _CHUNK, 2).max(1)
+        self._chunk_lo = np.stack([lo[:, i].reshape(-1, _CHUNK).min(1) for i in (0, 1)], 1)
+        self._chunk_hi = np.stack([hi[:, i].reshape(-1, _CHUNK).max(1) for i in (0, 1)], 1)
 
     def _shapes_in(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """Indices (in painting order) of the shapes whose boxes reach the pixel box [x0, x1) x [y0, y1)."""
