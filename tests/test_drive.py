@@ -39,7 +39,7 @@ def test_safe_actions_are_rows_in_range_and_nan_steers_straight():
 
 
 def test_batches_drive_the_same_as_one_at_a_time_and_record_every_info_key():
-    cfg = EnvConfig(track=TRACK, off_track="recover", laps=1)
+    cfg = EnvConfig(track=TRACK, off_track="recover", laps=1, random_start=True)  # the seed picks the start
     jobs = [(0, TRACK), (1, TRACK), (2, TRACK)]
     one, three = Log(), Log()
     drive_jobs(ExpertDriver(), jobs, cfg, 1, seed=0, batch=1, hooks=[one], max_steps=30)
@@ -50,6 +50,7 @@ def test_batches_drive_the_same_as_one_at_a_time_and_record_every_info_key():
         a, b = one.records[i], three.records[i]
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
         assert len(a["time"]) == 30 and a["time"][-1] == pytest.approx(1.5)
+        assert i == 0 or not np.array_equal(a["x"], one.records[0]["x"])  # each job its own seed
         assert {"cte", "speed", "x", "off_track", "intervention", "collision"} <= a.keys()  # tasks' keys come too
         assert "track" not in a  # text is not a per-step figure
         assert np.array_equal(one.actions[i], three.actions[i])
