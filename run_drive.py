@@ -26,6 +26,7 @@ watch    agent.watch     watch a policy drive in a window; take over with a key
 dagger   agent.dagger    DAgger: the policy drives, the expert labels, retrain, repeat
 saliency agent.saliency  what the network looks at: saliency maps over camera frames
 export   agent.export    write a policy as one self-contained ONNX file (runs in onnxruntime, off Python)
+benchmark agent.benchmark the fixed ladder of levels that scores a policy the same way every time
 bench    agent.bench     speed: env steps/s vs CarRacing-v3, render, training and policy latency
 """
 COMMANDS = {name: (module, help_text) for name, module, help_text in
@@ -41,6 +42,7 @@ EPILOG = """examples:
   python run_drive.py tracks real:all --plot circuits.png
   python run_drive.py export --model data/models/pilot --onnx data/models/pilot.onnx
   python run_drive.py eval --model data/models/pilot.onnx --tracks procedural:1000-1019 --laps 1
+  python run_drive.py benchmark --model data/models/pilot --quick --json out/ladder.json
   python run_drive.py bench
 
 Track SPECs: procedural:7, procedural:0-19, challenge:0-9, real:all, real:suzuka (any built-in circuit),

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.env import EnvConfig
+from sim.env import EnvConfig, add_latency_argument
 from sim.errors import UserError
 from sim.files import atomic_savefig
 from sim.files import write_json as write_json_file
+from sim.looks import LOOKS, LookConfig, look_from_name
 from sim.progress import Progress, table
 from sim.track import load_track, parse_spec
 
@@ -46,6 +47,8 @@ EXAMPLES = """examples:
   python run_drive.py eval --model data/models/pilot.onnx --tracks procedural:1000-1004   # in onnxruntime
   python run_drive.py eval --model data/models/pilot --tracks real:all --workers 2 \\
       --video out/drive.mp4 --plot out/plots --json out/real.json
+  python run_drive.py eval --model data/models/pilot --tracks procedural:1000-1004 --latency-ms 300
+  python run_drive.py eval --model data/models/pilot --tracks procedural:1000-1004 --look dusk
 
 Each lap starts on the start line; leaving the track is an intervention (the car is put back on the
 centerline and the lap is not clean). Metrics: laps_completed = clean laps; route_completion = share
@@ -343,9 +346,10 @@ def evaluate(driver, tracks_spec: str, laps: int = 1, *, seed: int = 0, randomis
              workers: int = 1, batch: int = 8, video: str | os.PathLike | None = None,
              video_frames: int = VIDEO_FRAMES, plot_dir: str | os.PathLike | None = None,
              compare_expert: bool = False, command: str | None = None, show_progress: bool = True,
-             saliency: bool = False) -> dict:
+             saliency: bool = False, latency_ms: float = 0.0, look: LookConfig | None = None) -> dict:
     """Drive `laps` laps of every track in `tracks_spec` with `driver` (ExpertDriver or PolicyDriver)
-    and return the report: {"summary", "tracks", "driver", "command", ...} (JSON-ready, NaN as None)."""
+    and return the report: {"summary", "tracks", "driver", "command", ...} (JSON-ready, NaN as None).
+    `latency_ms` delays the driver's actions (sim/env.py); `look` changes the frames (sim/looks.py)."""
     if laps < 1:
         raise UserError(f"--laps {laps}: must be at least 1")
     if workers < 1:
@@ -356,7 +360,8 @@ def evaluate(driver, tracks_spec: str, laps: int = 1, *, seed: int = 0, randomis
         raise UserError(f"--video-frames {video_frames}: must be at least 1")
     specs = parse_spec(tracks_spec)
     cfg = replace(driver.env_config(), track=tracks_spec, off_track="recover", laps=laps, throttle=False,
-                  randomise_palette=randomise_palette, random_start=False)
+                  randomise_palette=randomise_palette, random_start=False, latency_ms=float(latency_ms),
+                  look=look if look is not None else LookConfig())
     if isinstance(driver, PolicyDriver):
         driver.policy.check_env(cfg)
         if saliency and video is not None:
@@ -463,6 +468,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="draw what the network looks at (gradient saliency) in the --video panel")
     parser.add_argument("--plot", metavar="DIR", help="one PNG per track: trajectory coloured by |cte|")
     parser.add_argument("--randomise-palette", action="store_true", help="new colours on every track")
+    add_latency_argument(parser)
+    parser.add_argument("--look", default="default", choices=list(LOOKS),
+                        help="an appearance training never saw (sim/looks.py; default: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first track's episode (default 0)")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes driving tracks in parallel, each taking the next track from a shared "
@@ -476,7 +484,8 @@ def main(args: argparse.Namespace) -> int:
     driver = ExpertDriver() if args.expert else PolicyDriver(args.model, device=args.device)
     report = evaluate(driver, args.tracks, args.laps, seed=args.seed, randomise_palette=args.randomise_palette,
                       workers=args.workers, batch=args.batch, video=args.video, video_frames=args.video_frames,
-                      plot_dir=args.plot, compare_expert=args.compare_expert, saliency=args.saliency)
+                      plot_dir=args.plot, compare_expert=args.compare_expert, saliency=args.saliency,
+                      latency_ms=args.latency_ms, look=look_from_name(args.look))
     print(format_table(report))
     s = report["summary"]
     rc = "-" if s["route_completion"] is None else f"{s['route_completion'] * 100:.1f}%"

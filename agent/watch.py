@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.env import EnvConfig
+from sim.env import EnvConfig, add_latency_argument
 from sim.errors import UserError
 from sim.expert import expert_for
 from sim.progress import table
@@ -75,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speed", type=int, default=1, choices=SPEEDS, help="start at this speed-up")
     parser.add_argument("--saliency", action="store_true", help="show what the network looks at in the inset")
     parser.add_argument("--randomise-palette", action="store_true", help="new colours on every track")
+    add_latency_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -84,7 +85,8 @@ def main(args: argparse.Namespace) -> int:
     from .model import load_policy
     policy = load_policy(args.model)
     cfg = replace(policy.env_config(), track=args.track, laps=args.laps or None, off_track="recover",
-                  max_steps=HOUR_STEPS, random_start=False, randomise_palette=args.randomise_palette)
+                  max_steps=HOUR_STEPS, random_start=False, randomise_palette=args.randomise_palette,
+                  latency_ms=args.latency_ms)
     policy.check_env(cfg)
     saliency = saliency_overlay(policy) if args.saliency else None
     result = watch(cfg, policy, saliency=saliency, speedup=args.speed)

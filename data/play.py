@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.env import EnvConfig
+from sim.env import EnvConfig, add_latency_argument
 from sim.errors import UserError
 from sim.files import check_out_dir
 from sim.progress import table
@@ -64,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--laps", type=int, default=0, help="laps per track, then the next track / the end "
                         "(default 0: drive until Esc)")
     parser.add_argument("--throttle", action="store_true", help="control the speed yourself (Up/Down)")
+    add_latency_argument(parser)
     parser.add_argument("--assist", metavar="MODEL_DIR", default=None,
                         help="the policy drives; steer to take over and record corrections (HG-DAgger)")
 
@@ -83,7 +84,7 @@ def main(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UserError(f"--camera: {e}") from None
     cfg = EnvConfig(track=args.track, throttle=args.throttle, laps=args.laps or None, off_track="recover",
-                    max_steps=HOUR_STEPS, **({"camera": camera} if camera else {}))
+                    max_steps=HOUR_STEPS, latency_ms=args.latency_ms, **({"camera": camera} if camera else {}))
     if policy is not None:
         policy.check_env(cfg)
     result = play(cfg, Path(args.out), input_name=args.input, policy=policy)

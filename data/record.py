@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.env import DriveEnv, EnvConfig
+from sim.env import DriveEnv, EnvConfig, add_latency_argument
 from sim.errors import UserError
 from sim.expert import Expert
 from sim.files import check_out_dir
@@ -189,8 +189,11 @@ def _worker(spec, laps, folder, env_cfg, noise, seed, chunk_steps, parent_pid) -
 # -- many drives -----------------------------------------------------------------------------------------
 def record_autopilot(tracks_spec: str, laps: int, out: str | os.PathLike, *, noise: float = 0.3,
                      workers: int | None = None, randomise_palette: bool = False, camera: str = "birdseye",
-                     seed: int = 0, chunk_steps: int = 100, verbose: bool = True) -> RecordSummary:
+                     seed: int = 0, chunk_steps: int = 100, verbose: bool = True,
+                     latency_ms: float = 0.0) -> RecordSummary:
     """Record one autopilot drive per track of `tracks_spec` into `out/<track>/`, in parallel.
+    With `latency_ms` the autopilot's steering takes effect that much later (the labels are what it
+    commanded).
 
     With `verbose`, a progress bar goes to stderr and a summary table to stdout."""
     if not isinstance(laps, int) or laps < 1:
@@ -208,7 +211,8 @@ def record_autopilot(tracks_spec: str, laps: int, out: str | os.PathLike, *, noi
     out = check_out_dir(out)
     taken = {p.name for p in out.iterdir()}
     folders = [str(out / unique_drive_name(s, taken)) for s in specs]
-    base_cfg = EnvConfig(camera=cam, randomise_palette=randomise_palette, off_track="recover", laps=laps)
+    base_cfg = EnvConfig(camera=cam, randomise_palette=randomise_palette, off_track="recover", laps=laps,
+                         latency_ms=latency_ms)
     seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(len(specs))]
     jobs = []
     for spec, folder, length, s in zip(specs, folders, lengths, seeds):
@@ -285,6 +289,7 @@ def add_arguments(parser) -> None:
                         help="parallel processes (default min(2, CPU count))")
     parser.add_argument("--camera", default="birdseye", help="birdseye, dashcam, pilotnet, or e.g. birdseye:128x128")
     parser.add_argument("--seed", type=int, default=0, help="seed for the noise and palettes (default 0)")
+    add_latency_argument(parser)
     parser.add_argument("--chunk-steps", type=int, default=100, help=argparse.SUPPRESS)
 
 
@@ -293,5 +298,5 @@ def main(args) -> int:
         raise UserError(f"--chunk-steps {args.chunk_steps}: must be >= 1")
     record_autopilot(args.tracks, args.laps, args.out, noise=args.noise, workers=args.workers,
                      randomise_palette=args.randomise_palette, camera=args.camera, seed=args.seed,
-                     chunk_steps=args.chunk_steps)
+                     chunk_steps=args.chunk_steps, latency_ms=args.latency_ms)
     return 0

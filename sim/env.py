@@ -4,13 +4,20 @@ Tasks: `lane` (the default: a kinematic car at cruise speed, steering only), `ra
 with tyre grip, from a standing start, action [steering, throttle], a speed gauge drawn into the frame)
 and `traffic` (the lane task with slower cars to overtake; touching one is a collision).
 Observation: the camera frame (H, W, 3) uint8. Action: steering in [-1, 1] (negative = left), or
-[steering, throttle] with `throttle=True` or in `race`. Reward: metres of progress along the track / 10,
+[steering, throttle] with `throttle=True` or in `race`.
+Latency (`latency_ms`): the action given to `step` takes effect that many milliseconds later, rounded
+to whole control steps (50 ms at 20 Hz); until then the car obeys the actions given before it (zeros
+at the start of an episode). Only the action is delayed: the observation is always the current frame.
+Looks (`look`, sim/looks.py): appearance training never saw (held-out palettes, noise, blur, shadows,
+dusk), applied to the camera frame after the render and seeded by the reset seed. Reward: metres of progress along the track / 10,
 and -10 for leaving it. `info` carries what evaluation and recording need; a policy must not read it.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
+from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -19,7 +26,8 @@ import numpy as np
 
 from . import car as carmod
 from .car import CarConfig, CarState, RaceCarConfig
-from .render import Camera, CameraConfig, default_palette, draw_speed_gauge, random_palette
+from .looks import LookConfig, LookRenderer
+from .render import Camera, CameraConfig, default_palette, draw_speed_gauge, held_out_palette, random_palette
 from .track import Track, load_track, parse_spec
 from .traffic import Traffic, TrafficConfig, rectangle_corners
 
@@ -49,12 +57,21 @@ class EnvConfig:
     race_car: RaceCarConfig = field(default_factory=RaceCarConfig)  # the car of the race task
     speed_gauge: bool = True  # race: draw the speed as bars at the frame's sides (the policy's speedometer)
     traffic: TrafficConfig = field(default_factory=TrafficConfig)  # the other cars of task `traffic`
+    latency_ms: float = 0.0  # the action takes effect this much later (whole control steps); frames are not delayed
+    look: LookConfig = field(default_factory=LookConfig)  # unseen appearance (sim/looks.py); default: none
 
     def __post_init__(self) -> None:
+        if not (self.latency_ms >= 0 and math.isfinite(self.latency_ms)):
+            raise ValueError(f"latency_ms must be 0 or more, not {self.latency_ms!r}")
         if self.off_track not in OFF_TRACK_MODES:
             raise ValueError(f"off_track must be one of {OFF_TRACK_MODES}, not {self.off_track!r}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, not {self.task!r}")
+
+    @property
+    def latency_steps(self) -> int:
+        """`latency_ms` in whole control steps (rounded to the nearest)."""
+        return int(round(self.latency_ms / (1000.0 * self.car.dt)))
 
     @property
     def action_dim(self) -> int:
@@ -71,7 +88,26 @@ class EnvConfig:
         d["car"] = CarConfig(**d.get("car", {}))
         d["race_car"] = RaceCarConfig(**d.get("race_car", {}))
         d["traffic"] = TrafficConfig(**d.get("traffic", {}))
+        d["look"] = LookConfig(**d.get("look", {}))
         return EnvConfig(**d)
+
+
+def latency_ms_arg(text: str) -> float:
+    """argparse type of `--latency-ms`: milliseconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more milliseconds")
+    return value
+
+
+def add_latency_argument(parser: argparse.ArgumentParser) -> None:
+    """`--latency-ms`, the same on every command that drives."""
+    parser.add_argument("--latency-ms", type=latency_ms_arg, default=0.0, metavar="MS",
+                        help="the steering takes effect this much later (whole 50 ms control steps; the "
+                             "camera frame is not delayed); default 0")
 
 
 class DriveEnv(gym.Env):
@@ -98,6 +134,7 @@ class DriveEnv(gym.Env):
         self.camera: Camera | None = None
         self._world_cam: Camera | None = None
         self._viewer = None
+        self._look: LookRenderer | None = None
         self.palette = default_palette()
 
     # -- gymnasium API --------------------------------------------------------------------------
@@ -144,6 +181,17 @@ class DriveEnv(gym.Env):
             self._ahead = self.traffic.relative_s(self.proj.s) > 0
             self._touching = np.zeros(self.traffic.n, bool)
             self._traffic_quiet_until = 0  # before this step no car can be close enough to matter
+        # latency: the actions given but not yet applied (the car starts obeying zeros)
+        self._pending = deque(np.zeros(self.action_space.shape, np.float32) for _ in range(self.cfg.latency_steps))
+        self._look = None
+        if not self.cfg.look.is_default:  # drawn last, so every other draw of the episode is unchanged
+            rng = np.random.default_rng(int(self.np_random.integers(2**63)))
+            if self.cfg.look.palette == "held-out":
+                self.palette = held_out_palette(rng)
+                self.camera.set_palette(self.palette)
+            if self.cfg.look.changes_frames:
+                cam = self.cfg.camera
+                self._look = LookRenderer(self.cfg.look, rng, cam.width / cam.view_width_m)
         obs = self._observe()
         info = self._info(off_track=False, intervention=False, lap_completed=False)
         if self.render_mode == "human":
@@ -154,6 +202,9 @@ class DriveEnv(gym.Env):
         a = np.asarray(action, dtype=np.float32).reshape(-1)
         if a.shape != self.action_space.shape or not all(map(math.isfinite, a.tolist())):
             raise ValueError(f"action must be finite with shape {self.action_space.shape}, got {action!r}")
+        if self._pending:  # latency: this action waits; the oldest one waiting takes effect now
+            self._pending.append(a)
+            a = self._pending.popleft()
         if self.cfg.task == "race":
             rc = self.cfg.race_car
             on_road = abs(self.proj.offset) <= self.track.half_width(self.proj.index, self.proj.offset)
@@ -319,8 +370,13 @@ class DriveEnv(gym.Env):
         return pic
 
     def _observe(self) -> np.ndarray:
-        self._obs = self._gauge(self.camera.render(self.car.x, self.car.y, self.car.yaw, self._cars(self.camera)))
+        frame = self.camera.render(self.car.x, self.car.y, self.car.yaw, self._cars(self.camera))
+        self._obs = self._gauge(self._looked(frame))
         return self._obs
+
+    def _looked(self, frame: np.ndarray) -> np.ndarray:
+        """The frame with the episode's look (noise, blur, shadows, light); as it is without one."""
+        return frame if self._look is None else self._look.apply(frame, self.progress)
 
     def _gauge(self, frame: np.ndarray) -> np.ndarray:
         if self.cfg.task == "race" and self.cfg.speed_gauge:
