@@ -12,7 +12,6 @@ tracks or the scoring, and the version must change too.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,7 +27,7 @@ from sim.looks import look_from_name
 from sim.progress import table
 
 from .drive import ExpertDriver, PolicyDriver
-from .evaluate import evaluate
+from .evaluate import evaluate, write_json
 from .metrics import json_safe
 
 PROTOCOL = "e2e-drive-ladder/1"
@@ -145,7 +144,7 @@ def run_benchmark(driver, *, quick: bool = False, levels: str | None = None, wor
     is not `complete`: a different protocol)."""
     task = driver.env_config().task
     chosen = pick_levels(task, levels, ladder)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     done: dict[tuple, dict] = {}  # (tracks, latency, look) -> eval summary: a setting is driven once
 
     def drive(tracks: str, laps: int, seed: int, latency_ms: float, look: str, label: str) -> dict:
@@ -183,7 +182,7 @@ def run_benchmark(driver, *, quick: bool = False, levels: str | None = None, wor
         report["latency_sweep"] = {"tracks": tracks, "points": sweep}
     report["run"] = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      "command": " ".join(["run_drive.py", *sys.argv[1:]]), "wall_s": time.perf_counter() - t0,
-                     "workers": workers}
+                     "cpu_s": time.process_time() - cpu0, "workers": workers}
     return json_safe(report)
 
 
@@ -212,12 +211,6 @@ def format_table(report: dict) -> str:
     headers, rows = level_table_rows(report)
     title = f"benchmark {report['protocol']} ({report['task']}{', quick' if report['quick'] else ''})"
     return table(headers, rows, title=title)
-
-
-def write_json(path: str | os.PathLike, report: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_text(path, json.dumps(report, indent=2, allow_nan=False) + "\n")
 
 
 def _plot_levels(path: Path, report: dict) -> Path:
@@ -321,8 +314,10 @@ def main(args: argparse.Namespace) -> int:
     report = run_benchmark(driver, quick=args.quick, levels=args.levels, workers=args.workers,
                            latency_sweep=args.report is not None, extra_latency_ms=args.latency_ms)
     print(format_table(report))
+    run = report["run"]
     print(f"\nscore {report['score']:.1f} ({report['protocol']}{', quick' if report['quick'] else ''}"
-          f"{'' if report['complete'] else ', some levels only'}) in {report['run']['wall_s']:.0f} s")
+          f"{'' if report['complete'] else ', some levels only'}) in {run['wall_s']:.0f} s "
+          f"({run['cpu_s']:.0f} s of CPU in this process)")
     if args.json:
         print(f"json: {write_json(args.json, report)}")
     if args.report:
