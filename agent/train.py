@@ -56,6 +56,9 @@ EXAMPLES = """examples:
   python run_drive.py train --data data/drives/me --out data/models/mine --epochs 8 --arch small --smooth 0.3
   torchrun --standalone --nproc_per_node 4 run_drive.py train --data data/drives/auto --out data/models/ddp \\
       --epochs 20 --device cuda
+  torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint HOST:29500 --rdzv_id drive1 \\
+      run_drive.py train --data data/drives/auto --out data/models/ddp --minutes 30 --device cuda   # on each machine
+  tensorboard --logdir data/models    # the curves and pictures of every run (pip install -e ".[tensorboard]")
 
 The output folder is the policy (load it with `eval --model DIR`). --minutes and --epochs are totals:
 after a kill, the same command with --resume trains only what is left."""
