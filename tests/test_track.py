@@ -150,11 +150,12 @@ def test_projection_at_suzuka_crossing_follows_the_branch():
 def test_projection_is_consistent_with_point_at(seed, frac, off):
     """Property: a point placed at (s, offset) projects back to (s, offset) on random closed curves."""
     rng = np.random.default_rng(seed)
-    n = 12
-    ang = np.sort(rng.uniform(0, 2 * np.pi, n))
-    r = rng.uniform(150, 250, n)
+    # a smooth random loop: a circle of 200 m bent by a few low harmonics (no corner tighter than 20 m)
+    ang = np.linspace(0, 2 * np.pi, 60, endpoint=False)
+    r = 200.0 + sum(rng.uniform(0, 12) * np.cos(k * ang + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4))
     from sim.track import make_track
-    t = make_track("rand", np.stack([np.cos(ang) * r, np.sin(ang) * r], 1), np.full(n, 5.0), np.full(n, 5.0))
+    t = make_track("rand", np.stack([np.cos(ang) * r, np.sin(ang) * r], 1), np.full(60, 5.0), np.full(60, 5.0))
+    assert t.tightest_corner() > 20.0
     s = frac * t.length
     p, h = t.point_at(s), t.heading_at(s)
     q = p + off * np.array([-math.sin(h), math.cos(h)])
