@@ -6,6 +6,12 @@ re-rendered from a pose shifted sideways or rotated (PilotNet's side cameras, do
 simulator draws what the camera would have seen there, and the expert says how to steer back),
 mirrored with its steering negated, and jittered in light, colour, shadow and noise. Batches end in
 `agent.preprocess.preprocess`, the function the driving policy calls too.
+
+Race drives carry a second label, the throttle. Mirroring leaves it as it is (the car and the track
+are symmetric). A viewpoint shift keeps the recorded throttle too: the race expert's throttle depends
+only on the speed and the arc length, and a sideways shift of at most 1.5 m and 8 degrees changes the
+arc length by well under a metre; the steering label is the race expert's at the shifted pose, and the
+re-rendered frame gets the speed gauge of the recorded speed.
 """
 
 from __future__ import annotations
@@ -24,11 +30,11 @@ import torch
 
 from data.frame_cache import CacheUnwritable, FrameStore, cache_root, cached_drive
 from data.recording import Drive, find_drives, read_drive, read_meta
-from sim.car import CarConfig, CarState
+from sim.car import CarState
 from sim.env import EnvConfig
 from sim.errors import UserError
-from sim.expert import expert_steering
-from sim.render import N_LABELS, Camera, CameraConfig, default_palette
+from sim.expert import task_expert_steering
+from sim.render import N_LABELS, Camera, CameraConfig, default_palette, draw_speed_gauge
 from sim.track import Track, load_track
 
 from .preprocess import preprocess
@@ -68,7 +74,7 @@ class DriveData:
 
     name: str
     frames: np.ndarray | FrameStore  # (n, H, W, 3) uint8; a FrameStore reads from the frame cache when indexed
-    labels: np.ndarray  # (n,) float32 steering in [-1, 1]
+    labels: np.ndarray  # (n,) float32 steering in [-1, 1]; (n, 2) steering and throttle in the race task
     pose: np.ndarray  # (n, 5) float64: x, y, yaw, speed, s
     source: str
     track_spec: str
@@ -177,8 +183,12 @@ def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None,
                             f"{want.width}x{want.height}; train on drives of one camera")
         if env is not None and denv.car.dt != env.car.dt:
             raise UserError(f"{meta_path}: recorded at dt={denv.car.dt} s, but {first_meta} at dt={env.car.dt} s")
+        if env is not None and denv.task != env.task:
+            raise UserError(f"--data {data_dir}: drives of two tasks ({env.task} in {first_meta}, {denv.task} in "
+                            f"{meta_path}); train on drives of one task")
         if env is None:
-            env = EnvConfig(camera=denv.camera, car=denv.car)
+            env = EnvConfig(camera=denv.camera, car=denv.car, task=denv.task, race_car=denv.race_car,
+                            speed_gauge=denv.speed_gauge)
             first_meta = str(meta_path)
         metas[path] = denv
     stream = stream if stream is not None else sys.stderr
@@ -231,6 +241,14 @@ def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None,
         sigma = smooth if smooth is not None else (0.25 if source in SMOOTH_SOURCES else 0.0)
         if sigma > 0:
             labels = smooth_labels(labels, sigma, denv.car.dt)
+        if denv.task == "race":
+            if d.throttle is None:
+                warnings.append(f"{path}: race drive without throttle labels, skipped")
+                continue
+            throttle = np.clip(np.nan_to_num(d.throttle, nan=0.0), -1, 1).astype(np.float32)
+            if sigma > 0:
+                throttle = smooth_labels(throttle, sigma, denv.car.dt)
+            labels = np.stack([labels, throttle], 1)
         # DAgger drives keep the second before an intervention: the expert's labels there are the
         # very corrections DAgger collects (the policy drifted off; the label steers back)
         before = 0 if source == "dagger" else round(drop_before_s / denv.car.dt)
@@ -275,7 +293,9 @@ def split_by_drive(n_drives: int, val_fraction: float = 0.15, seed: int = 0) -> 
 
 def balance_weights(labels: np.ndarray, bins: int = 15, power: float = 0.7) -> np.ndarray:
     """Sampling weights that lift the rare curve frames against the many straight ones: inverse
-    frequency of the |steering| histogram, softened by `power` (0 = no balancing, 1 = flat)."""
+    frequency of the |steering| histogram, softened by `power` (0 = no balancing, 1 = flat). Labels
+    (n, 2) of the race task are balanced by their steering column."""
+    labels = labels[:, 0] if labels.ndim == 2 else labels
     mag = np.clip(np.abs(labels), 0, 1)
     idx = np.minimum((mag * bins).astype(int), bins - 1)
     counts = np.bincount(idx, minlength=bins).astype(np.float64)
@@ -288,17 +308,18 @@ def shifted_pose(x: float, y: float, yaw: float, shift_m: float, rotate_rad: flo
     return x - shift_m * math.sin(yaw), y + shift_m * math.cos(yaw), yaw + rotate_rad
 
 
-def corrective_label(track: Track, car_cfg: CarConfig, pose: np.ndarray, label: float, shift_m: float,
+def corrective_label(track: Track, env: EnvConfig, pose: np.ndarray, label: float, shift_m: float,
                      rotate_rad: float, mode: str) -> float:
-    """The steering for the shifted pose: the expert's there ("expert"), or the recorded label plus
-    the expert's change between the two poses ("delta", for human labels the expert did not make)."""
+    """The steering for the shifted pose: the task's expert's there ("expert"), or the recorded label
+    plus the expert's change between the two poses ("delta", for human labels the expert did not make)."""
     x, y, yaw, speed, s = (float(v) for v in pose)
     nx, ny, nyaw = shifted_pose(x, y, yaw, shift_m, rotate_rad)
     ns = track.project(nx, ny, nyaw, s_hint=s).s
-    new = expert_steering(track, CarState(nx, ny, nyaw, speed), ns, car_cfg)
+    new = task_expert_steering(env.task, track, CarState(nx, ny, nyaw, speed), ns, env)
     if mode == "expert":
         return new
-    old = expert_steering(track, CarState(x, y, yaw, speed), track.project(x, y, yaw, s_hint=s).s, car_cfg)
+    old = task_expert_steering(env.task, track, CarState(x, y, yaw, speed),
+                               track.project(x, y, yaw, s_hint=s).s, env)
     return max(-1.0, min(1.0, label + new - old))
 
 
@@ -388,13 +409,14 @@ class FrameDataset(torch.utils.data.Dataset):
         cam.set_palette(d.palette)
         return cam
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.float32]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         di, fi = self.index[i]
         d = self.drives[di]
-        label = float(d.labels[fi])
+        labels = np.array(d.labels[fi], np.float32).reshape(-1)
+        label = float(labels[0])  # the steering; a throttle label (race) rides along unchanged
         a = self.augment
         if a == NO_AUGMENT:
-            return d.frames[fi], np.float32(label)
+            return d.frames[fi], labels
         rng = np.random.default_rng([self.seed, self.epoch, int(i)])
         if d.track is not None and rng.random() < a.shift_prob:
             shift = rng.uniform(-a.max_shift_m, a.max_shift_m)
@@ -402,21 +424,24 @@ class FrameDataset(torch.utils.data.Dataset):
             mode = a.correction if a.correction != "auto" else ("expert" if d.source in EXPERT_SOURCES else "delta")
             x, y, yaw = shifted_pose(*d.pose[fi, :3], shift, rot)
             frame = self._camera(d).render(x, y, yaw)
-            label = corrective_label(d.track, self.env.car, d.pose[fi], label, shift, rot, mode)
+            if self.env.task == "race" and self.env.speed_gauge:
+                frame = draw_speed_gauge(frame, d.pose[fi, 3] / self.env.race_car.max_speed_mps)
+            label = corrective_label(d.track, self.env, d.pose[fi], label, shift, rot, mode)
         else:
             frame = d.frames[fi]  # read only when used: a re-rendered sample needs no recorded frame
         if rng.random() < a.mirror_prob:
             frame = frame[:, ::-1]
             label = -label
         frame = photometric(np.ascontiguousarray(frame), rng, a, self.noise)
-        return frame, np.float32(label)
+        labels[0] = label
+        return frame, labels
 
 
-def collate(batch: list[tuple[np.ndarray, np.float32]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack samples and run `preprocess` (in the worker, when there are workers)."""
+def collate(batch: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack samples and run `preprocess` (in the worker, when there are workers); labels (N, outputs)."""
     frames = np.stack([b[0] for b in batch])
-    labels = np.array([b[1] for b in batch], np.float32)
-    return torch.from_numpy(preprocess(frames)), torch.from_numpy(labels)[:, None]
+    labels = np.array([b[1] for b in batch], np.float32).reshape(len(batch), -1)
+    return torch.from_numpy(preprocess(frames)), torch.from_numpy(labels)
 
 
 class BalancedSampler(torch.utils.data.Sampler):

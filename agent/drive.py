@@ -19,8 +19,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from sim.env import DriveEnv, EnvConfig
+from sim.env import DriveEnv, EnvConfig, default_camera_name
 from sim.expert import expert_for
+from sim.render import camera_from_name
 from sim.track import load_track
 
 
@@ -54,10 +55,13 @@ class ExpertDriver:
         return self.experts[task]
 
     def describe(self) -> dict:
+        if self.task == "race":
+            return {"kind": "expert", "task": "race",
+                    "name": "minimum-time speed profile and pure pursuit (sim.expert.RaceExpert)"}
         return {"kind": "expert", "name": "pure pursuit on the centerline (sim.expert.Expert)"}
 
     def env_config(self) -> EnvConfig:
-        return EnvConfig(task=self.task)
+        return EnvConfig(task=self.task, camera=camera_from_name(default_camera_name(self.task)))
 
     def can_spawn(self) -> bool:
         return True

@@ -6,6 +6,9 @@ Leaving the track is an intervention: the env (off_track="recover") puts the car
 centerline, the lap no longer counts as clean, and the drive goes on. The tracks are driven by the
 shared lock-step loop (agent/drive.py: one batched forward pass for several tracks); `workers` splits
 the tracks over processes. `--expert` never imports torch.
+
+In the race task the expert always drives the same tracks too: each track reports the expert's lap
+time and the policy's lap time over it (clean laps only), and the plots add speed along the lap.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.env import EnvConfig, add_latency_argument
+from sim.env import TASKS, EnvConfig, add_latency_argument
 from sim.errors import UserError
 from sim.files import atomic_savefig
 from sim.files import write_json as write_json_file
@@ -36,7 +39,7 @@ from sim.progress import Progress, table
 from sim.track import load_track, parse_spec
 
 from .drive import Drive, DriveHooks, ExpertDriver, PolicyDriver, drive_jobs
-from .metrics import drive_metrics, json_safe, summarise
+from .metrics import drive_metrics, json_safe, lap_time_ratios, summarise, summarise_ratios
 
 FORMAT_VERSION = 1
 VIDEO_FRAMES = 1200  # a minute at 20 Hz: the start of the first lap of the first track
@@ -49,6 +52,8 @@ EXAMPLES = """examples:
       --video out/drive.mp4 --plot out/plots --json out/real.json
   python run_drive.py eval --model data/models/pilot --tracks procedural:1000-1004 --latency-ms 300
   python run_drive.py eval --model data/models/pilot --tracks procedural:1000-1004 --look dusk
+  python run_drive.py eval --expert --task race --tracks procedural:0-99,challenge:0-19,real:all
+  python run_drive.py eval --model data/models/race --tracks challenge:0-19 --plot out/race_plots
 
 Each lap starts on the start line; leaving the track is an intervention (the car is put back on the
 centerline and the lap is not clean). Metrics: laps_completed = clean laps; route_completion = share
@@ -77,7 +82,8 @@ class _Video:
         self.owner = owner  # index of the drive filmed
         self.info = info  # the env info of the frame about to be written
 
-    def add(self, env, steering: float, expert_steering: float, saliency: np.ndarray | None = None) -> None:
+    def add(self, env, steering: float, expert_steering: float, saliency: np.ndarray | None = None,
+            throttle: float | None = None) -> None:
         if self.done:
             return
         cv2 = self.cv2
@@ -100,6 +106,13 @@ class _Video:
         bar(40, steering, (80, 170, 255), self.driver_name)
         bar(100, expert_steering, (90, 220, 110), "expert")
         cv2.putText(panel, "steering (-1 left, +1 right)", (14, 140), font, 0.38, white, 1, cv2.LINE_AA)
+        if throttle is not None:  # race: the driver's throttle and brake as two vertical bars, on the map
+            for i, (name, value, colour) in enumerate((("thr", max(throttle, 0.0), (60, 200, 60)),
+                                                        ("brk", max(-throttle, 0.0), (230, 60, 60)))):
+                x0, y1 = world.shape[1] - 70 + 32 * i, h - 30
+                cv2.rectangle(world, (x0, y1 - 120), (x0 + 22, y1), (40, 40, 40), -1)
+                cv2.rectangle(world, (x0, y1 - round(120 * value)), (x0 + 22, y1), colour, -1)
+                cv2.putText(world, name, (x0 - 2, y1 + 18), font, 0.45, white, 1, cv2.LINE_AA)
         if info:
             self.interventions += int(bool(info.get("intervention")))
             lines = [info["track"][:22], f"lap {info['lap'] + 1}  {info['lap_time']:.1f} s",
@@ -164,7 +177,8 @@ class _EvalHooks(DriveHooks):
             if self.video.get("saliency") and isinstance(self.driver, PolicyDriver):
                 from .saliency import saliency_overlay
                 sal = saliency_overlay(self.driver.policy, d.obs)
-            self.recorder.add(d.env, float(action[0]), self.experts.expert(d.env).steering(d.env), sal)
+            self.recorder.add(d.env, float(action[0]), self.experts.expert(d.env).steering(d.env), sal,
+                              throttle=float(action[1]) if len(action) > 1 else None)
 
     def after_step(self, d: Drive, action: np.ndarray) -> None:
         if self._filming(d):
@@ -182,7 +196,7 @@ class _EvalHooks(DriveHooks):
                   "metrics": drive_metrics(steps, track.length, self.laps)}
         if self.keep_trajectory:
             result["trajectory"] = {k: steps[k].astype(np.float32 if k in ("x", "y", "cte") else steps[k].dtype)
-                                    for k in ("x", "y", "cte", "intervention")}
+                                    for k in ("x", "y", "cte", "intervention", "speed", "s", "lap")}
         if self._filming(d):
             result["video"] = self.recorder.close()
             self.recorder = None
@@ -337,6 +351,36 @@ def plot_drive(path: Path, spec: str, trajectory: dict, metrics: dict, title: st
     return path
 
 
+def plot_speed(path: Path, trajectory: dict, expert: dict, title: str, row: dict) -> Path:
+    """Race: the driver's speed against the expert's along the first lap (written atomically)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
+    for traj, label, colour in ((expert, "expert", "tab:green"), (trajectory, "driver", "tab:blue")):
+        first = np.asarray(traj["lap"]) == 0
+        s, v = np.asarray(traj["s"], float)[first], np.asarray(traj["speed"], float)[first] * 3.6
+        cut = np.flatnonzero(np.diff(s) < -50.0)  # the finish line wraps s back to 0
+        end = cut[0] + 1 if cut.size else len(s)
+        ax.plot(s[:end], v[:end], color=colour, lw=1.2 if label == "expert" else 1.5, label=label)
+    hit = np.asarray(trajectory["intervention"], bool) & (np.asarray(trajectory["lap"]) == 0)
+    if hit.any():
+        ax.scatter(np.asarray(trajectory["s"], float)[hit], np.asarray(trajectory["speed"], float)[hit] * 3.6,
+                   marker="x", color="red", zorder=5, label="interventions")
+    ratio = row.get("mean_lap_time_ratio")
+    ax.set_title(title + (f"\nlap time ratio {ratio:.3f}" if ratio is not None and math.isfinite(ratio) else ""),
+                 fontsize=9)
+    ax.set_xlabel("distance along the lap (m)")
+    ax.set_ylabel("speed (km/h)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_savefig(fig, path)
+    plt.close(fig)
+    return path
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "track"
 
@@ -375,22 +419,32 @@ def evaluate(driver, tracks_spec: str, laps: int = 1, *, seed: int = 0, randomis
     results = _run(driver, specs, cfg, laps, seed, workers, batch, video_job, keep, f"eval {driver.name}",
                    show_progress)
     wall = time.perf_counter() - t0
+    race = cfg.task == "race"
     expert_results = None
-    if compare_expert and not isinstance(driver, ExpertDriver):
-        expert_results = _run(ExpertDriver(), specs, cfg, laps, seed, workers, batch, None, False,
+    if isinstance(driver, ExpertDriver):
+        if race:  # the expert is its own reference: ratio 1 by definition
+            expert_results = results
+    elif compare_expert or race:  # race lap times mean something only beside the expert's
+        expert_results = _run(ExpertDriver(cfg.task), specs, cfg, laps, seed, workers, batch, None, keep,
                               "eval expert", show_progress)
 
     rows = []
     for i, r in enumerate(results):
         row = {"track": r["track"], "spec": r["spec"], **r["metrics"]}
-        if expert_results is not None:
+        if expert_results is not None and expert_results is not results:
             row["expert"] = expert_results[i]["metrics"]
+        if race:
+            row.update(lap_time_ratios(r["metrics"], expert_results[i]["metrics"]))
         rows.append(row)
     summary = summarise([r["metrics"] for r in results])
     summary["wall_s"] = wall
     summary["realtime_factor"] = summary["elapsed_s"] / wall if wall > 0 else float("nan")
-    if expert_results is not None:
+    summary["mean_speed_mps"] = (summary["distance_km"] * 1000 / summary["elapsed_s"]
+                                 if summary["elapsed_s"] > 0 else float("nan"))
+    if expert_results is not None and expert_results is not results:
         summary["expert"] = summarise([r["metrics"] for r in expert_results])
+    if race:
+        summary.update(summarise_ratios(rows))
 
     report = {
         "format_version": FORMAT_VERSION,
@@ -407,10 +461,14 @@ def evaluate(driver, tracks_spec: str, laps: int = 1, *, seed: int = 0, randomis
         report["video"] = videos[0]
     if plot_dir is not None:
         plots = []
-        for r in results:
+        for i, r in enumerate(results):
             path = Path(plot_dir) / f"{r['index']:03d}_{_slug(r['track'])}.png"
             plots.append(str(plot_drive(path, r["spec"], r["trajectory"], r["metrics"],
                                         f"{driver.name} on {r['track']}")))
+            if race:
+                path = Path(plot_dir) / f"{r['index']:03d}_{_slug(r['track'])}_speed.png"
+                plots.append(str(plot_speed(path, r["trajectory"], expert_results[i]["trajectory"],
+                                            f"{driver.name} against the expert on {r['track']}", rows[i])))
         report["plots"] = plots
     return json_safe(report)
 
@@ -425,7 +483,10 @@ def format_table(report: dict) -> str:
     def num(v, fmt="{:.2f}"):
         return "-" if v is None else fmt.format(v)
 
+    race = "mean_lap_time_ratio" in report["summary"]
     headers = ["track", "laps", "clean", "route", "off/km", "|cte| m", "autonomy", "lap s"]
+    if race:
+        headers += ["km/h", "expert lap s", "lap time ratio"]
     if compare:
         headers += ["expert clean", "expert |cte| m"]
 
@@ -433,6 +494,10 @@ def format_table(report: dict) -> str:
         row = [name, str(r["laps_attempted"]), str(r["laps_completed"]), pct(r["route_completion"]),
                num(r["off_track_per_km"]), num(r["mean_abs_cte_m"]), num(r["autonomy_pct"], "{:.1f}%"),
                num(r["mean_lap_time_s"], "{:.1f}")]
+        if race:
+            speed = r.get("mean_speed_mps")
+            row += [num(None if speed is None else speed * 3.6, "{:.0f}"), num(r["expert_lap_time_s"], "{:.1f}"),
+                    num(r["mean_lap_time_ratio"], "{:.3f}")]
         if compare:
             e = r["expert"]
             row += [f"{e['laps_completed']}/{e['laps_attempted']}", num(e["mean_abs_cte_m"])]
@@ -478,10 +543,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8,
                         help="tracks stepped in lock step per process, one policy call for all (default 8)")
     parser.add_argument("--device", default="cpu", help="torch device for --model (default cpu)")
+    parser.add_argument("--task", choices=TASKS, help="the task for --expert (default lane); --model uses the "
+                        "task in the policy's card")
 
 
 def main(args: argparse.Namespace) -> int:
-    driver = ExpertDriver() if args.expert else PolicyDriver(args.model, device=args.device)
+    driver = ExpertDriver(args.task or "lane") if args.expert else PolicyDriver(args.model, device=args.device)
+    if args.model and args.task and driver.env_config().task != args.task:
+        raise UserError(f"--task {args.task}: {args.model} is a {driver.env_config().task} policy (its card says so)")
     report = evaluate(driver, args.tracks, args.laps, seed=args.seed, randomise_palette=args.randomise_palette,
                       workers=args.workers, batch=args.batch, video=args.video, video_frames=args.video_frames,
                       plot_dir=args.plot, compare_expert=args.compare_expert, saliency=args.saliency,
@@ -491,6 +560,10 @@ def main(args: argparse.Namespace) -> int:
     rc = "-" if s["route_completion"] is None else f"{s['route_completion'] * 100:.1f}%"
     print(f"\nclean laps {s['laps_completed']}/{s['laps_attempted']}, route completion {rc}, "
           f"interventions {s['interventions']}, autonomy {_or_dash(s['autonomy_pct'], '{:.1f}%')}")
+    if "mean_lap_time_ratio" in s:
+        print(f"race: mean speed {_or_dash(s['mean_speed_mps'], '{:.1f}')} m/s, expert lap time "
+              f"{_or_dash(s['expert_lap_time_s'], '{:.1f}')} s, mean lap time ratio "
+              f"{_or_dash(s['mean_lap_time_ratio'], '{:.3f}')} over {s['clean_laps_compared']} clean laps")
     print(f"simulated {s['elapsed_s'] / 60:.1f} min of driving ({s['distance_km']:.1f} km) in {s['wall_s']:.1f} s: "
           f"{_or_dash(s['realtime_factor'], '{:.0f}')}x real time")
     if "video" in report:

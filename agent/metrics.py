@@ -119,6 +119,8 @@ def drive_metrics(steps: Mapping[str, np.ndarray], track_length_m: float, laps: 
         "autonomy_pct": autonomy_pct(interventions, elapsed),
         "mean_lap_time_s": float(np.mean(lap_times)) if lap_times else float("nan"),
         "lap_times_s": lap_times,
+        "clean_lap_times_s": [lap_times[k] if k < len(lap_times) and clean[k] else None for k in range(laps)],
+        "mean_speed_mps": dist / elapsed if elapsed > 0 else float("nan"),
         "route_completion_per_lap": rc,
         "elapsed_s": elapsed,
         "distance_km": dist / 1000.0,
@@ -159,6 +161,26 @@ def summarise(rows: Sequence[Mapping]) -> dict:
         "distance_km": km,
         "steps": steps,
     }
+
+
+def lap_time_ratios(policy: Mapping, expert: Mapping) -> dict:
+    """The race task's comparison of one track: the expert's mean lap time, and the policy's lap time
+    over the expert's for each lap the policy drove clean (lap k against the expert's lap k)."""
+    expert_times = list(expert["lap_times_s"])
+    ratios = [t / expert_times[k] for k, t in enumerate(policy.get("clean_lap_times_s", []))
+              if t is not None and k < len(expert_times) and expert_times[k] > 0]
+    return {"expert_lap_time_s": float(np.mean(expert_times)) if expert_times else float("nan"),
+            "lap_time_ratios": ratios,
+            "mean_lap_time_ratio": float(np.mean(ratios)) if ratios else float("nan")}
+
+
+def summarise_ratios(rows: Sequence[Mapping]) -> dict:
+    """Over many tracks (rows of `lap_time_ratios`): every clean lap's ratio counts once."""
+    ratios = [r for row in rows for r in row["lap_time_ratios"]]
+    expert = [row["expert_lap_time_s"] for row in rows if math.isfinite(row["expert_lap_time_s"])]
+    return {"expert_lap_time_s": float(np.mean(expert)) if expert else float("nan"),
+            "mean_lap_time_ratio": float(np.mean(ratios)) if ratios else float("nan"),
+            "clean_laps_compared": len(ratios)}
 
 
 def json_safe(obj):

@@ -1,7 +1,8 @@
 """The policy network and its saved form.
 
 `build_model` makes a PilotNet-shaped CNN (fixed normalisation, three strided 5x5 convolutions, two
-3x3 convolutions, a 100-50-10 dense head, one tanh steering output) sized from the camera frame, or
+3x3 convolutions, a 100-50-10 dense head, tanh outputs: steering, and throttle in the race task) sized
+from the camera frame, or
 a `small` variant that trains several times faster. A saved policy is a folder holding
 `model.safetensors` (weights only), `card.json` (what it is and how it was made) and `README.md`
 (the model card, rendered from card.json); `load_policy` rebuilds it from the first two with no
@@ -48,9 +49,14 @@ class Normalise(nn.Module):
         return x * 2.0 - 1.0
 
 
-def build_model(arch: str, camera: CameraConfig) -> nn.Module:
-    """The steering CNN for frames of `camera`'s size: input (N, 3, H, W) in [0, 1], output (N, 1)
-    in [-1, 1] (negative = left)."""
+def outputs_for(task: str) -> list[str]:
+    """What a policy of this task outputs, in order: the env's action."""
+    return ["steering", "throttle"] if task == "race" else ["steering"]
+
+
+def build_model(arch: str, camera: CameraConfig, outputs: int = 1) -> nn.Module:
+    """The driving CNN for frames of `camera`'s size: input (N, 3, H, W) in [0, 1], output
+    (N, outputs) in [-1, 1]: steering (negative = left), then throttle (negative = brake) if asked."""
     if arch not in ARCHS:
         raise UserError(f"--arch {arch}: unknown architecture (choose from {', '.join(ARCHS)})")
     convs, head = ARCHS[arch]
@@ -66,7 +72,7 @@ def build_model(arch: str, camera: CameraConfig) -> nn.Module:
     for width in head:
         layers += [nn.Linear(n, width), nn.ELU()]
         n = width
-    layers += [nn.Linear(n, 1), nn.Tanh()]
+    layers += [nn.Linear(n, outputs), nn.Tanh()]
     return nn.Sequential(*layers)
 
 
@@ -159,6 +165,11 @@ class _CardPolicy:
             raise UserError(f"{where}: policy was trained at dt={mine.car.dt} s but the env "
                             f"steps at dt={theirs.car.dt} s")
 
+    @property
+    def outputs(self) -> list[str]:
+        """The names of the policy's outputs, in order: ["steering"] or ["steering", "throttle"]."""
+        return list(self.card.get("outputs", ["steering"]))
+
     def act_batch(self, frames: np.ndarray) -> np.ndarray:
         """All outputs (N, k) in [-1, 1] for uint8 frames (N, H, W, 3); column 0 is steering."""
         raise NotImplementedError
@@ -241,6 +252,9 @@ def read_card(folder: str | os.PathLike) -> dict:
         raise UserError(f"{path}: made with preprocessing {card.get('preprocess')!r}, this program uses {PREPROCESS}")
     if card.get("arch") not in ARCHS:
         raise UserError(f"{path}: unknown architecture {card.get('arch')!r} (known: {', '.join(ARCHS)})")
+    outputs = card.get("outputs", ["steering"])
+    if outputs not in (["steering"], ["steering", "throttle"]):
+        raise UserError(f"{path}: outputs must be [\"steering\"] or [\"steering\", \"throttle\"], not {outputs!r}")
     weights = card.get("weights", WEIGHTS_FILE)
     if (not isinstance(weights, str) or Path(weights).name != weights or weights in ("", ".", "..")
             or not weights.endswith(".safetensors")):
@@ -276,7 +290,7 @@ def load_policy(folder: str | os.PathLike, device: str = "cpu") -> Policy | Onnx
         state = load(blob)
     except (SafetensorError, ValueError, RuntimeError, OverflowError) as e:
         raise UserError(f"{wpath}: not a valid safetensors file ({str(e).splitlines()[0][:120]})") from None
-    model = build_model(card["arch"], env_cfg.camera)
+    model = build_model(card["arch"], env_cfg.camera, len(card.get("outputs", ["steering"])))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:

@@ -48,7 +48,7 @@ from .dataset import (
     split_by_drive,
     val_index,
 )
-from .model import ARCHS, CARD_FILE, build_model, count_parameters, save_policy
+from .model import ARCHS, CARD_FILE, build_model, count_parameters, outputs_for, save_policy
 
 EXAMPLES = """examples:
   python run_drive.py train --data data/drives/auto --out data/models/pilot --minutes 10
@@ -253,7 +253,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 
 # -- warm start --------------------------------------------------------------------------------------
-def warm_start(model: torch.nn.Module, init_from: str | os.PathLike, arch: str, camera: CameraConfig) -> None:
+def warm_start(model: torch.nn.Module, init_from: str | os.PathLike, arch: str, camera: CameraConfig,
+               task: str = "lane") -> None:
     """Start from a trained policy's weights instead of random ones (DAgger retrains this way)."""
     from .model import load_policy
 
@@ -262,6 +263,8 @@ def warm_start(model: torch.nn.Module, init_from: str | os.PathLike, arch: str, 
         raise UserError(f"--init-from {init_from}: a {policy.card['arch']} network, but training a {arch} one")
     if policy.camera != camera:
         raise UserError(f"--init-from {init_from}: trained on another camera than these drives")
+    if policy.env_config().task != task:
+        raise UserError(f"--init-from {init_from}: a {policy.env_config().task} policy, but these drives are {task}")
     model.load_state_dict(policy.model.state_dict())
 
 
@@ -513,13 +516,15 @@ class Budget:
         return round(s.epoch + s.batch_in_epoch / self.steps_per_epoch, 3)
 
 
-def make_model(run: Run, camera: CameraConfig) -> tuple[torch.nn.Module, torch.optim.Optimizer, RunState]:
-    """The network and its optimiser: fresh (seeded), warm-started from a policy, or restored."""
+def make_model(run: Run, camera: CameraConfig, task: str = "lane"
+               ) -> tuple[torch.nn.Module, torch.optim.Optimizer, RunState]:
+    """The network and its optimiser: fresh (seeded), warm-started from a policy, or restored. Its
+    outputs are the task's actions (the task comes from the drives' metadata)."""
     cfg = run.cfg
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, camera).to(run.ranks.device)
+    model = build_model(cfg.arch, camera, len(outputs_for(task))).to(run.ranks.device)
     if run.init_from is not None and run.checkpoint is None:
-        warm_start(model, run.init_from, cfg.arch, camera)
+        warm_start(model, run.init_from, cfg.arch, camera, task)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = RunState()
     if run.checkpoint is not None:
@@ -591,7 +596,7 @@ class Checkpoints:
     def card(self, state: RunState) -> dict:
         run, d, ranks = self.run, self.data.drives, self.run.ranks
         return {
-            "arch": run.cfg.arch, "env": d.env.to_dict(),
+            "arch": run.cfg.arch, "env": d.env.to_dict(), "task": d.env.task, "outputs": outputs_for(d.env.task),
             "data": {"dir": str(run.data_dir), "drives": len(d.drives), "frames": d.frames,
                      "train_drives": [x.name for x in self.data.train_drives],
                      "val_drives": [x.name for x in self.data.val_drives],
@@ -761,7 +766,9 @@ def announce(run: Run, data: TrainData, params: int) -> None:
     precision = " (bf16 autocast)" if use_bf16(run.ranks.device) else ""
     budget = (f"{run.minutes:g} minutes" if run.minutes is not None
               else f"{run.epochs} epochs of {cfg.epoch_frames or len(data.train_ds):,} samples")
-    run.say(f"training {cfg.arch} ({params:,} parameters) on {run.ranks}{precision}: {len(data.train_drives)} "
+    task = data.drives.env.task
+    run.say(f"training {cfg.arch} ({params:,} parameters, task {task}: {' and '.join(outputs_for(task))}) on "
+            f"{run.ranks}{precision}: {len(data.train_drives)} "
             f"training drives ({len(data.train_ds):,} frames), {len(data.val_drives)} validation drives "
             f"({n_val:,} frames); batch {cfg.batch}, {budget}")
 
@@ -803,7 +810,7 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, minutes: f
         chosen, speeds = pick_threads(cfg.arch, camera_cfg, cfg.batch, run.threads)
         run.say(f"torch threads: {chosen} (" + ", ".join(f"{n}: {v:.0f} frames/s" for n, v in speeds.items()) + ")")
 
-    model, opt, state = make_model(run, camera_cfg)
+    model, opt, state = make_model(run, camera_cfg, data.drives.env.task)
     net = ranks.wrap(model)
     budget = Budget(run.minutes, run.epochs, math.ceil(data.sampler.per_rank / cfg.batch))
     params = count_parameters(model)

@@ -4,6 +4,8 @@ Noise injection (DART-like): the car executes the expert's steering plus a smoot
 while the recorded label stays what the expert wants in the state the car is actually in. The car
 wanders off the centre line and the labels show how to come back: the recovery data behavioural
 cloning needs (a policy trained on perfect centre-line driving has never seen its own mistakes).
+In the race task the throttle gets its own perturbation the same way: the car runs too fast or too
+slow for the track ahead, and the throttle labels show how the expert brakes or accelerates back.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.env import DriveEnv, EnvConfig, add_latency_argument
+from sim.env import TASKS, DriveEnv, EnvConfig, add_latency_argument, default_camera_name
 from sim.errors import UserError
-from sim.expert import Expert
+from sim.expert import expert_for
 from sim.files import check_out_dir
 from sim.progress import Progress, table
 from sim.render import N_LABELS, camera_from_name
@@ -38,6 +40,7 @@ EXAMPLES = """examples:
   python run_drive.py record --autopilot --tracks procedural:0-9 --laps 2 --randomise-palette --workers 2 \\
       --out data/drives/rand
   python run_drive.py record --autopilot --tracks procedural:5 --laps 1 --noise 0 --camera dashcam --out /tmp/clean
+  python run_drive.py record --autopilot --task race --tracks procedural:0-19 --laps 1 --out data/drives/race
 
 Noise 0 records the expert's clean line; 0.3 (default) adds smooth drifts and pushes whose recoveries
 the labels show; 1.0 is rough (the car may leave the track; the env puts it back and marks it)."""
@@ -135,13 +138,17 @@ def record_one(spec: str, laps: int, folder: str, env_cfg: EnvConfig, noise: flo
     its drive after the current chunk and stops, so nothing keeps writing behind the user's back."""
     t0 = time.perf_counter()
     env = DriveEnv(config=env_cfg)
-    expert = Expert()
+    expert = expert_for(env_cfg.task)
     rng = np.random.default_rng(seed)
     perturb = SteeringNoise(noise, rng, env_cfg.car.dt)
+    perturb_throttle = SteeringNoise(noise, rng, env_cfg.car.dt)  # race only: the same kind of drift
+    race = env_cfg.task == "race"
     obs, info = env.reset(seed=seed, options={"track": spec})
     meta = {
         "source": "autopilot",
-        "driver": {"kind": "expert", "noise": noise, "noise_process": NoiseConfig().__dict__, "seed": seed},
+        "driver": {"kind": "expert", "noise": noise, "noise_process": NoiseConfig().__dict__, "seed": seed,
+                   "throttle_noise": race},
+        "task": env_cfg.task,
         "track": spec,
         "track_length_m": float(env.unwrapped.track.length),
         "env": env_cfg.to_dict(),
@@ -153,17 +160,20 @@ def record_one(spec: str, laps: int, folder: str, env_cfg: EnvConfig, noise: flo
         while True:
             label = expert.steering(env)
             executed = float(np.clip(label + perturb(), -1.0, 1.0))
-            w.add(obs, label, info, executed_steering=executed)
+            throttle = expert.throttle(env) if race else None
+            w.add(obs, label, info, throttle=throttle, executed_steering=executed)
             if len(w) - last_reported >= chunk_steps:
                 if progress is not None:
                     progress(len(w) - last_reported)
                 last_reported = len(w)
                 if parent_pid is not None and os.getppid() != parent_pid:
                     raise _Orphaned(folder)  # the writer keeps the chunks, marks the drive unfinished
-            obs, _reward, terminated, truncated, info = env.step(np.array([executed], np.float32))
+            action = [executed] + ([float(np.clip(throttle + perturb_throttle(), -1.0, 1.0))] if race else [])
+            obs, _reward, terminated, truncated, info = env.step(np.array(action, np.float32))
             if terminated or truncated:
                 # The final state gets its label too: it is a valid (frame, steering) pair.
-                w.add(obs, expert.steering(env), info, executed_steering=None)
+                w.add(obs, expert.steering(env), info, throttle=expert.throttle(env) if race else None,
+                      executed_steering=None)
                 break
     if progress is not None and len(w) > last_reported:
         progress(len(w) - last_reported)
@@ -188,9 +198,9 @@ def _worker(spec, laps, folder, env_cfg, noise, seed, chunk_steps, parent_pid) -
 
 # -- many drives -----------------------------------------------------------------------------------------
 def record_autopilot(tracks_spec: str, laps: int, out: str | os.PathLike, *, noise: float = 0.3,
-                     workers: int | None = None, randomise_palette: bool = False, camera: str = "birdseye",
+                     workers: int | None = None, randomise_palette: bool = False, camera: str | None = None,
                      seed: int = 0, chunk_steps: int = 100, verbose: bool = True,
-                     latency_ms: float = 0.0) -> RecordSummary:
+                     latency_ms: float = 0.0, task: str = "lane") -> RecordSummary:
     """Record one autopilot drive per track of `tracks_spec` into `out/<track>/`, in parallel.
     With `latency_ms` the autopilot's steering takes effect that much later (the labels are what it
     commanded).
@@ -202,6 +212,7 @@ def record_autopilot(tracks_spec: str, laps: int, out: str | os.PathLike, *, noi
         raise UserError(f"--noise {noise}: must be between 0.0 and 1.0")
     if workers is not None and workers < 1:
         raise UserError(f"--workers {workers}: must be >= 1")
+    camera = camera or default_camera_name(task)
     try:
         cam = camera_from_name(camera)
     except ValueError as e:
@@ -211,8 +222,10 @@ def record_autopilot(tracks_spec: str, laps: int, out: str | os.PathLike, *, noi
     out = check_out_dir(out)
     taken = {p.name for p in out.iterdir()}
     folders = [str(out / unique_drive_name(s, taken)) for s in specs]
+    if task not in TASKS:
+        raise UserError(f"--task {task}: unknown task (choose from {', '.join(TASKS)})")
     base_cfg = EnvConfig(camera=cam, randomise_palette=randomise_palette, off_track="recover", laps=laps,
-                         latency_ms=latency_ms)
+                         latency_ms=latency_ms, task=task)
     seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(len(specs))]
     jobs = []
     for spec, folder, length, s in zip(specs, folders, lengths, seeds):
@@ -287,9 +300,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--randomise-palette", action="store_true", help="new colours for every drive")
     parser.add_argument("--workers", type=int, default=None,
                         help="parallel processes (default min(2, CPU count))")
-    parser.add_argument("--camera", default="birdseye", help="birdseye, dashcam, pilotnet, or e.g. birdseye:128x128")
+    parser.add_argument("--camera", help="birdseye (default; race for --task race), dashcam, pilotnet, "
+                        "or e.g. birdseye:128x128")
     parser.add_argument("--seed", type=int, default=0, help="seed for the noise and palettes (default 0)")
     add_latency_argument(parser)
+    parser.add_argument("--task", default="lane", choices=TASKS,
+                        help="lane (steering at cruise speed, default) or race (steering and throttle)")
     parser.add_argument("--chunk-steps", type=int, default=100, help=argparse.SUPPRESS)
 
 
@@ -298,5 +314,5 @@ def main(args) -> int:
         raise UserError(f"--chunk-steps {args.chunk_steps}: must be >= 1")
     record_autopilot(args.tracks, args.laps, args.out, noise=args.noise, workers=args.workers,
                      randomise_palette=args.randomise_palette, camera=args.camera, seed=args.seed,
-                     chunk_steps=args.chunk_steps, latency_ms=args.latency_ms)
+                     chunk_steps=args.chunk_steps, latency_ms=args.latency_ms, task=args.task)
     return 0

@@ -15,7 +15,7 @@ from .track import Track, TrackError, load_track, load_tracks, parse_spec
 if "E2EDrive-v0" not in registry:
     register(id="E2EDrive-v0", entry_point="sim.env:DriveEnv")
 if "E2EDriveRace-v0" not in registry:
-    register(id="E2EDriveRace-v0", entry_point="sim.env:DriveEnv", kwargs={"task": "race"})
+    register(id="E2EDriveRace-v0", entry_point="sim.env:DriveEnv", kwargs={"task": "race"})  # race camera
 
 __all__ = [
     "CAMERA_PRESETS", "Camera", "CameraConfig", "CarConfig", "CarState", "DriveEnv", "EnvConfig",

@@ -115,7 +115,7 @@ class RaceCarConfig:
     max_brake_mps2: float = 9.0  # full braking asks for about all the grip there is
     drag_per_m: float = 0.0004  # aerodynamic drag: deceleration = drag * v^2
     rolling_mps2: float = 0.15
-    max_speed_mps: float = 45.0  # also the full scale of the speed gauge
+    max_speed_mps: float = 34.0  # ~120 km/h: braking for a corner can start within the camera's view
     kinematic_below_mps: float = 3.0  # below this the slip angles are ill-defined: blend to kinematic
     blend_width_mps: float = 2.0
 

@@ -27,13 +27,24 @@ import numpy as np
 from . import car as carmod
 from .car import CarConfig, CarState, RaceCarConfig
 from .looks import LookConfig, LookRenderer
-from .render import Camera, CameraConfig, default_palette, draw_speed_gauge, held_out_palette, random_palette
+from .render import (CAMERA_PRESETS, Camera, CameraConfig, default_palette, draw_speed_gauge, held_out_palette,
+                     random_palette)
 from .track import Track, load_track, parse_spec
 from .traffic import Traffic, TrafficConfig, rectangle_corners
 
 OFF_TRACK_MODES = ("terminate", "recover", "continue")
 TASKS = ("lane", "race", "traffic")  # lane: follow the road; race: steer and throttle; traffic: lane plus other cars
 RACE_RECOVER_SPEED_MPS = 10.0  # a race car put back on the road goes on at most this fast
+
+
+def race_camera() -> CameraConfig:
+    """The race task's default camera: bird's-eye, reaching far enough ahead to brake for corners."""
+    return CAMERA_PRESETS["race"]
+
+
+def default_camera_name(task: str) -> str:
+    """The camera preset commands use for a task when none is asked for."""
+    return "race" if task == "race" else "birdseye"
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,8 @@ class DriveEnv(gym.Env):
             overrides["camera"] = camera_from_name(overrides["camera"])
         if overrides:
             cfg = replace(cfg, **overrides)
+        if cfg.task == "race" and config is None and "camera" not in overrides:
+            cfg = replace(cfg, camera=race_camera())  # made with a task alone: the task's own view
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}")
         self.cfg = cfg

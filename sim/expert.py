@@ -174,16 +174,31 @@ def speed_profile(track: Track, car: RaceCarConfig, cfg: RaceExpertConfig = Race
     return out
 
 
+def race_steering(track: Track, car: CarState, s: float, car_cfg: RaceCarConfig,
+                  cfg: RaceExpertConfig = RaceExpertConfig()) -> float:
+    """Pure pursuit towards the centerline point a speed-dependent distance ahead of arc length `s`,
+    plus the wheel angle the tyres' slip asks for at this speed (the car's understeer gradient times
+    the lateral acceleration of the pursuit arc)."""
+    lookahead = cfg.lookahead_base_m + cfg.lookahead_gain_s * max(car.speed, 1.0)
+    tx, ty = track.point_at(s + lookahead)
+    dx, dy = tx - car.x, ty - car.y
+    alpha = math.atan2(dy, dx) - car.yaw
+    curvature = 2.0 * math.sin(alpha) / max(math.hypot(dx, dy), 1e-3)
+    delta = math.atan(car_cfg.wheelbase_m * curvature) + understeer_gradient(car_cfg) * car.speed ** 2 * curvature
+    return max(-1.0, min(1.0, -delta / car_cfg.max_steer_rad))
+
+
 class RaceExpert:
     """Drives the race task from privileged state: the speed profile for the throttle, pure pursuit
     (looking further ahead at speed) for the steering. `act(env)` gives [steering, throttle]."""
 
     def __init__(self, cfg: RaceExpertConfig = RaceExpertConfig()):
         self.cfg = cfg
-        self._profiles: dict[tuple[int, RaceCarConfig], np.ndarray] = {}
+        self._profiles: dict[tuple[str, str, float, RaceCarConfig], np.ndarray] = {}
 
     def profile(self, track: Track, car: RaceCarConfig) -> np.ndarray:
-        key = (id(track), car)
+        """The speed profile of a track (computed once per track and car)."""
+        key = (track.name, track.source, track.length, car)
         if key not in self._profiles:
             if len(self._profiles) > 32:
                 self._profiles.clear()
@@ -195,17 +210,8 @@ class RaceExpert:
         return float(profile[track.index_at(s + speed * self.cfg.preview_s)])
 
     def steering(self, env) -> float:
-        """Pure pursuit, plus the wheel angle the tyres' slip asks for at this speed (the car's
-        understeer gradient times the lateral acceleration of the pursuit arc)."""
         e = env.unwrapped
-        c, car, rc = self.cfg, e.car, e.cfg.race_car
-        lookahead = c.lookahead_base_m + c.lookahead_gain_s * max(car.speed, 1.0)
-        tx, ty = e.track.point_at(e.proj.s + lookahead)
-        dx, dy = tx - car.x, ty - car.y
-        alpha = math.atan2(dy, dx) - car.yaw
-        curvature = 2.0 * math.sin(alpha) / max(math.hypot(dx, dy), 1e-3)
-        delta = math.atan(rc.wheelbase_m * curvature) + understeer_gradient(rc) * car.speed ** 2 * curvature
-        return max(-1.0, min(1.0, -delta / rc.max_steer_rad))
+        return race_steering(e.track, e.car, e.proj.s, e.cfg.race_car, self.cfg)
 
     def throttle(self, env) -> float:
         e = env.unwrapped
@@ -219,3 +225,10 @@ class RaceExpert:
 def expert_for(task: str):
     """The autopilot of a task: `RaceExpert` for racing, `Expert` for lane driving (it overtakes in traffic)."""
     return RaceExpert() if task == "race" else Expert()
+
+
+def task_expert_steering(task: str, track: Track, car: CarState, s: float, env_cfg) -> float:
+    """The autopilot's steering for a pose of either task, without an env (relabelling shifted views)."""
+    if task == "race":
+        return race_steering(track, car, s, env_cfg.race_car)
+    return expert_steering(track, car, s, env_cfg.car)

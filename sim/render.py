@@ -128,6 +128,9 @@ CAMERA_PRESETS = {
     "pilotnet": CameraConfig(kind="dashcam", width=200, height=66, hfov_deg=110.0, pitch_deg=10.0,
                              supersample=2),
     "birdseye-66x200": CameraConfig(width=200, height=66, view_width_m=60.0, car_row=0.9),
+    # the race task's default: the same bird's-eye view reaching 56 m ahead, far enough to brake from
+    # top speed for the corner it sees coming
+    "race": CameraConfig(view_width_m=64.0, car_row=0.88),
 }
 
 

@@ -171,16 +171,16 @@ def test_a_car_shifted_left_sees_the_road_to_its_right_and_steers_right():
     x, y = track.point_at(s)
     yaw = track.heading_at(s)
     pose = np.array([x, y, yaw, cfg.car.cruise_speed_mps, s])
-    expert_here = corrective_label(track, cfg.car, pose, 0.0, 0.0, 0.0, "expert")
+    expert_here = corrective_label(track, cfg, pose, 0.0, 0.0, 0.0, "expert")
     row = 40  # ahead of the car
     centre = _road_centre_column(cam.render(x, y, yaw), row)
     for shift, rot in ((1.5, 0.0), (0.0, math.radians(8))):
-        left = corrective_label(track, cfg.car, pose, expert_here, shift, rot, "expert")
-        right = corrective_label(track, cfg.car, pose, expert_here, -shift, -rot, "expert")
+        left = corrective_label(track, cfg, pose, expert_here, shift, rot, "expert")
+        right = corrective_label(track, cfg, pose, expert_here, -shift, -rot, "expert")
         assert left > expert_here + 0.05, "shifted/turned LEFT must steer RIGHT (positive)"
         assert right < expert_here - 0.05, "shifted/turned RIGHT must steer LEFT (negative)"
         # human-label form: the recorded label plus the expert's change, same sign
-        assert corrective_label(track, cfg.car, pose, 0.3, shift, rot, "delta") == pytest.approx(
+        assert corrective_label(track, cfg, pose, 0.3, shift, rot, "delta") == pytest.approx(
             0.3 + left - expert_here, abs=1e-9)
     # and the picture agrees: shifted left, the road moves right in the frame
     lx, ly, lyaw = shifted_pose(x, y, yaw, 1.5, 0.0)
@@ -208,7 +208,7 @@ def test_viewpoint_shift_samples_are_rerendered_with_corrective_labels(drives_di
         rot = math.radians(rng.uniform(-aug.max_rotate_deg, aug.max_rotate_deg))
         cam = Camera(d.track, ds.env.camera, ds.env.car.length_m, ds.env.car.width_m, ds.env.car.wheelbase_m)
         assert np.array_equal(frame, cam.render(*shifted_pose(*d.pose[fi, :3], shift, rot)))
-        assert label == pytest.approx(corrective_label(d.track, ds.env.car, d.pose[fi], float(d.labels[fi]),
+        assert label == pytest.approx(corrective_label(d.track, ds.env, d.pose[fi], float(d.labels[fi]),
                                                        shift, rot, "expert"), abs=1e-6)
         changed += not np.array_equal(frame, d.frames[fi])
     assert changed >= 15
