@@ -175,6 +175,9 @@ def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None,
             denv = EnvConfig.from_dict(meta["env"])
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{meta_path}: bad 'env' settings ({type(e).__name__}: {e})") from None
+        if env is not None and denv.task != env.task:
+            raise UserError(f"--data {data_dir}: drives of two tasks ({env.task} in {first_meta}, {denv.task} in "
+                            f"{meta_path}); train on drives of one task")
         want = camera or (env.camera if env else None)
         if want is not None and denv.camera != want:
             other = first_meta if camera is None else "the requested camera"
@@ -183,9 +186,6 @@ def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None,
                             f"{want.width}x{want.height}; train on drives of one camera")
         if env is not None and denv.car.dt != env.car.dt:
             raise UserError(f"{meta_path}: recorded at dt={denv.car.dt} s, but {first_meta} at dt={env.car.dt} s")
-        if env is not None and denv.task != env.task:
-            raise UserError(f"--data {data_dir}: drives of two tasks ({env.task} in {first_meta}, {denv.task} in "
-                            f"{meta_path}); train on drives of one task")
         if env is None:
             env = EnvConfig(camera=denv.camera, car=denv.car, task=denv.task, race_car=denv.race_car,
                             speed_gauge=denv.speed_gauge)

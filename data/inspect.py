@@ -1,7 +1,8 @@
 """`inspect`: what is in a folder of recorded drives, before anyone trains on it.
 
 A table per drive (who drove, where, how long, how often it left the track, how the steering is
-spread) and a text histogram: a drive that is all straight-ahead steering, or a killed recording
+spread) and text histograms (steering; throttle and speed too for drives with throttle, as in the
+race task): a drive that is all straight-ahead steering, or a killed recording
 with no frames, shows up here instead of as a mysteriously bad policy. `--json` for scripts,
 `--plot` for a picture of the steering histogram and the driven lines on the track maps.
 """
@@ -30,7 +31,8 @@ EXAMPLES = """examples:
 
 A corrupt or truncated chunk is reported on stderr and skipped; the rest of the drive is still read."""
 
-BINS = np.linspace(-1.0, 1.0, 21)  # 20 steering bins of 0.1
+BINS = np.linspace(-1.0, 1.0, 21)  # 20 steering (and throttle) bins of 0.1
+SPEED_BINS_KMH = np.arange(0.0, 170.0, 10.0)  # 16 speed bins of 10 km/h
 RAMP = " .:-=+*#%@"
 
 
@@ -45,6 +47,10 @@ def drive_stats(d: Drive, root: Path) -> dict:
         frac = float(st["lap_fraction"][-1])
         laps = round(float(st["lap"][-1]) + (frac if math.isfinite(frac) else 0.0), 2)
     counts, _ = np.histogram(np.clip(d.steering, -1, 1), BINS)
+    speed_kmh = np.clip(np.nan_to_num(st["speed"]) * 3.6, 0, SPEED_BINS_KMH[-1]) if n else np.zeros(0)
+    throttle = None
+    if d.throttle is not None:
+        throttle = np.histogram(np.clip(np.nan_to_num(d.throttle), -1, 1), BINS)[0].tolist()
     driver = d.meta.get("driver") or {}
     try:
         rel = str(d.path.relative_to(root)) if d.path != root else d.path.name
@@ -71,6 +77,11 @@ def drive_stats(d: Drive, root: Path) -> dict:
         "steering_mean": num(np.mean),
         "steering_std": num(np.std),
         "steering_histogram": {"edges": [round(float(e), 2) for e in BINS], "counts": counts.tolist()},
+        "throttle_histogram": None if throttle is None else {"edges": [round(float(e), 2) for e in BINS],
+                                                             "counts": throttle},
+        "speed_kmh_histogram": {"edges": SPEED_BINS_KMH.tolist(),
+                                "counts": np.histogram(speed_kmh, SPEED_BINS_KMH)[0].tolist()},
+        "mean_speed_kmh": round(float(speed_kmh.mean()), 1) if n else None,
         "finished": d.finished,
         "camera": _camera_name(d.meta),
         "warnings": list(d.warnings),
@@ -92,11 +103,12 @@ def ramp(counts: list[int]) -> str:
     return "".join(RAMP[0] if c == 0 else RAMP[max(1, math.ceil((len(RAMP) - 1) * c / top))] for c in counts)
 
 
-def bar_chart(counts: np.ndarray, width: int = 40) -> str:
+def bar_chart(counts: np.ndarray, width: int = 40, title: str = "steering histogram, all drives "
+              "(-1 = full left, +1 = full right)", edges: np.ndarray = BINS, fmt: str = "{:+.1f}") -> str:
     top = max(int(counts.max()), 1)
-    lines = ["steering histogram, all drives (-1 = full left, +1 = full right)"]
-    for lo, hi, c in zip(BINS[:-1], BINS[1:], counts):
-        lines.append(f"  {lo:+.1f}..{hi:+.1f} |{'#' * math.ceil(width * c / top):<{width}} {int(c)}")
+    lines = [title]
+    for lo, hi, c in zip(edges[:-1], edges[1:], counts):
+        lines.append(f"  {fmt.format(lo)}..{fmt.format(hi)} |{'#' * math.ceil(width * c / top):<{width}} {int(c)}")
     return "\n".join(lines)
 
 
@@ -121,8 +133,10 @@ def plot_drives(stats: list[dict], drives: list[Drive], out: str | os.PathLike, 
     out = Path(out)
     if not out.parent.is_dir():
         raise UserError(f"--plot {out}: folder {out.parent} does not exist")
-    shown = drives[:max_maps]
-    n = 1 + len(shown)
+    throttled = [d for d in drives if d.throttle is not None]
+    extra = 2 if throttled else 0  # race: throttle and speed histograms beside the steering
+    shown = drives[:max(1, max_maps - extra)]
+    n = 1 + extra + len(shown)
     cols = min(4, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
@@ -132,7 +146,18 @@ def plot_drives(stats: list[dict], drives: list[Drive], out: str | os.PathLike, 
     ax.set_title(f"steering, {len(all_steer)} frames, {len(drives)} drives")
     ax.set_xlabel("steering (-1 left, +1 right)")
     ax.set_yscale("log")
-    for i, (d, s) in enumerate(zip(shown, stats), start=1):
+    if throttled:
+        ax = axes[0][1 % cols] if cols > 1 else axes[1][0]
+        ax.hist(np.concatenate([np.nan_to_num(d.throttle) for d in throttled]), bins=BINS, color="tab:green")
+        ax.set_title(f"throttle, {len(throttled)} drives")
+        ax.set_xlabel("throttle (-1 full brake, +1 full throttle)")
+        ax.set_yscale("log")
+        ax = axes[(2 // cols)][2 % cols]
+        ax.hist(np.concatenate([np.nan_to_num(d.state["speed"]) * 3.6 for d in throttled]), bins=SPEED_BINS_KMH,
+                color="tab:purple")
+        ax.set_title("speed")
+        ax.set_xlabel("speed (km/h)")
+    for i, (d, s) in enumerate(zip(shown, stats), start=1 + extra):
         ax = axes[i // cols][i % cols]
         try:
             track = load_track(s["track"])
@@ -186,6 +211,16 @@ def main(args) -> int:
     print(f"\n{len(stats)} drives, {total} frames, {minutes:.1f} minutes of driving\n")
     counts = np.sum([s["steering_histogram"]["counts"] for s in stats], axis=0)
     print(bar_chart(np.asarray(counts)))
+    throttled = [s["throttle_histogram"]["counts"] for s in stats if s["throttle_histogram"] is not None]
+    if throttled:  # race drives: how the speed was driven
+        print()
+        print(bar_chart(np.sum(throttled, axis=0), title="throttle histogram, drives with throttle "
+                        "(-1 = full brake, +1 = full throttle)"))
+        print()
+        speeds = np.sum([s["speed_kmh_histogram"]["counts"] for s in stats if s["throttle_histogram"] is not None],
+                        axis=0)
+        print(bar_chart(speeds, title="speed histogram, drives with throttle (km/h)", edges=SPEED_BINS_KMH,
+                        fmt="{:3.0f}"))
     if args.plot:
         print(f"\nplot saved: {args.plot}")
     return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.env import EnvConfig, add_latency_argument
+from sim.env import TASKS, EnvConfig, add_latency_argument, default_camera_name
 from sim.errors import UserError
 from sim.files import check_out_dir
 from sim.progress import table
@@ -33,8 +33,10 @@ EXAMPLES = """examples:
   python run_drive.py play --track real:monza --out data/drives/me --input mouse
   python run_drive.py play --track procedural:0-9 --laps 1 --out data/drives/me   # a lap on each of 10 tracks
   python run_drive.py play --track procedural:3 --out data/drives/fix --assist data/models/pilot
+  python run_drive.py play --task race --track procedural:3 --out data/drives/race_me
 
-keys: arrows or WASD steer (Up/Down accelerate and brake with --throttle), P pause,
+keys: arrows or WASD steer; Up/Down or W/S accelerate and brake (--task race, --throttle), ramped
+      like the steering; a gamepad's right and left triggers do the same; P pause,
       R restart the lap (closes this drive, starts a new one), Esc or closing the window saves and quits.
 Leaving the track puts the car back on the centerline; those frames are marked (intervention) in the drive."""
 
@@ -65,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default 0: drive until Esc)")
     parser.add_argument("--throttle", action="store_true", help="control the speed yourself (Up/Down)")
     add_latency_argument(parser)
+    parser.add_argument("--task", default="lane", choices=TASKS,
+                        help="lane (default) or race: a car with grip, from a standing start, throttle and brake")
     parser.add_argument("--assist", metavar="MODEL_DIR", default=None,
                         help="the policy drives; steer to take over and record corrections (HG-DAgger)")
 
@@ -84,7 +88,8 @@ def main(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UserError(f"--camera: {e}") from None
     cfg = EnvConfig(track=args.track, throttle=args.throttle, laps=args.laps or None, off_track="recover",
-                    max_steps=HOUR_STEPS, latency_ms=args.latency_ms, **({"camera": camera} if camera else {}))
+                    max_steps=HOUR_STEPS, latency_ms=args.latency_ms, task=args.task,
+                    camera=camera or camera_from_name(default_camera_name(args.task)))
     if policy is not None:
         policy.check_env(cfg)
     result = play(cfg, Path(args.out), input_name=args.input, policy=policy)
@@ -148,7 +153,7 @@ class _PlaySession(WindowSession):
             steer = hud.policy_steering
             if control.kind == "keyboard":
                 control.value = steer  # a takeover starts from the wheel's position
-        throttle = float(control.throttle()) if self.cfg.throttle else None
+        throttle = float(control.throttle()) if self.cfg.action_dim == 2 else None
         if policy is not None and hud.person_driving and not self.was_person:
             self.result.takeovers += 1
         self.was_person = hud.person_driving
@@ -158,7 +163,7 @@ class _PlaySession(WindowSession):
             if self.on_record is not None:
                 self.on_record(obs, steer, info, policy is not None)
         hud.steering, hud.throttle = steer, throttle
-        return np.array([steer] + ([throttle] if self.cfg.throttle else []), np.float32)
+        return np.array([steer] + ([throttle] if throttle is not None else []), np.float32)
 
     def stepped(self, obs: np.ndarray, info: dict) -> None:
         self.hud.interventions = self.result.takeovers + info["off_track_count"]

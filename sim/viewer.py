@@ -92,10 +92,12 @@ class KeyboardSteering:
 
     kind = "keyboard"
 
-    def __init__(self, dt: float = 0.05, ramp_s: float = 0.5, return_s: float = 0.25):
+    def __init__(self, dt: float = 0.05, ramp_s: float = 0.5, return_s: float = 0.25, pedal_s: float = 0.3):
         self.up_rate = dt / ramp_s  # change per step while a key is held
         self.back_rate = dt / return_s  # change per step towards centre (also when reversing)
+        self.pedal_rate = dt / pedal_s  # Up/Down (W/S) press the pedal in this long, and release it as fast
         self.value = 0.0
+        self.pedal = 0.0
         self.held: set[str] = set()
 
     def handle(self, event: pygame.event.Event) -> bool:
@@ -126,7 +128,12 @@ class KeyboardSteering:
         return self.step("left" in self.held, "right" in self.held)
 
     def throttle(self) -> float:
-        return float("up" in self.held) - float("down" in self.held)
+        """Advance the pedal one control period: it ramps towards full throttle (Up/W) or full brake
+        (Down/S) while a key is held, and back to 0 when released, like the steering."""
+        target = float("up" in self.held) - float("down" in self.held)
+        step = self.pedal_rate
+        self.pedal = target if abs(target - self.pedal) <= step else self.pedal + math.copysign(step, target - self.pedal)
+        return self.pedal
 
     @property
     def touched(self) -> bool:
@@ -135,6 +142,7 @@ class KeyboardSteering:
 
     def reset(self) -> None:
         self.value = 0.0
+        self.pedal = 0.0
         self.held.clear()
 
 
@@ -180,21 +188,28 @@ class MouseSteering:
 
 
 class GamepadSteering:
-    """Steering from a gamepad's axis 0 (left stick) with a small dead zone; axis 1 pushed forward
-    accelerates, pulled back brakes. `read_axis(i)` is injectable so tests need no device."""
+    """Steering from a gamepad's axis 0 (left stick) with a small dead zone. Throttle: the right
+    trigger (axis 5) accelerates and the left one (axis 4) brakes on a pad with triggers; otherwise
+    axis 1 pushed forward accelerates, pulled back brakes. `read_axis(i)` is injectable so tests need
+    no device."""
 
     kind = "gamepad"
+    BRAKE_TRIGGER, THROTTLE_TRIGGER = 4, 5
 
-    def __init__(self, read_axis: Callable[[int], float] | None = None, deadzone: float = 0.08):
+    def __init__(self, read_axis: Callable[[int], float] | None = None, deadzone: float = 0.08,
+                 triggers: bool | None = None):
         if read_axis is None:
             pygame.joystick.init()
             stick = pygame.joystick.Joystick(0)
             read_axis = stick.get_axis
             self.name = stick.get_name()
+            triggers = stick.get_numaxes() > self.THROTTLE_TRIGGER if triggers is None else triggers
         else:
             self.name = "custom"
         self.read_axis = read_axis
         self.deadzone = deadzone
+        self.triggers = bool(triggers)
+        self._trigger_seen = [False, False]  # some pads report 0 (half pressed) until a trigger first moves
 
     def handle(self, event: pygame.event.Event) -> bool:
         return event.type == pygame.JOYAXISMOTION
@@ -208,7 +223,15 @@ class GamepadSteering:
     def update(self) -> float:
         return self._axis(0)
 
+    def _trigger(self, i: int, which: int) -> float:
+        """A trigger from released (-1) to fully pressed (+1), as 0..1."""
+        v = float(self.read_axis(i))
+        self._trigger_seen[which] = self._trigger_seen[which] or v != 0.0
+        return max(0.0, min(1.0, (v + 1.0) / 2.0)) if self._trigger_seen[which] else 0.0
+
     def throttle(self) -> float:
+        if self.triggers:
+            return self._trigger(self.THROTTLE_TRIGGER, 1) - self._trigger(self.BRAKE_TRIGGER, 0)
         return -self._axis(1)
 
     @property
@@ -360,9 +383,16 @@ class DriveViewer:
         y += 26
         self._text(f"{info.get('speed', 0.0) * 3.6:5.0f}", (x0, y), self.big, FG)
         self._text("km/h", (x0 + 100, y + 12), self.font, DIM)
-        if hud.throttle is not None:
-            self._bar(x0 + 160, y + 14, width - 160, hud.throttle, GREEN)
         y += 48
+        if hud.throttle is not None:  # the pedal as two bars: throttle (green) and brake (red)
+            for name, value, colour in (("throttle", max(hud.throttle, 0.0), GREEN),
+                                        ("brake", max(-hud.throttle, 0.0), RED)):
+                bx = x0 + 80
+                self._text(name, (x0, y - 1), self.small, DIM)
+                pygame.draw.rect(self.screen, (60, 64, 72), (bx, y, x0 + width - bx, 14))
+                pygame.draw.rect(self.screen, colour, (bx, y, int(value * (x0 + width - bx)), 14))
+                y += 20
+            y += 4
 
         who = "" if hud.mode == "play" else ("  (you)" if hud.person_driving else "  (policy)")
         self._text(f"steering {hud.steering:+.2f}{who}", (x0, y), self.small, DIM)
@@ -410,7 +440,8 @@ class DriveViewer:
         self._minimap_draw(e, (x0, y, width, self.world_px - y - 74))
 
         help_lines = {
-            "play": ["arrows/WASD steer   P pause", "R restart lap   Esc save + quit"],
+            "play": (["arrows/WASD steer   P pause", "R restart lap   Esc save + quit"] if hud.throttle is None
+                     else ["Left/Right steer  Up/Down gas, brake", "P pause  R restart  Esc save + quit"]),
             "assist": ["steer to take over, let go to hand back", "P pause   R restart   Esc save + quit"],
             "watch": ["T/Space take over   arrows steer", "+/- speed   P pause   Esc quit"],
         }.get(hud.mode, [])

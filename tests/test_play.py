@@ -13,8 +13,8 @@ from scripted_person import ScriptedPerson, scripted_keyboard_drive
 
 from data.play import play
 from data.recording import STATE_KEYS, find_drives, read_drive
-from sim import EnvConfig
-from sim.viewer import GamepadSteering, KeyboardSteering, MouseSteering
+from sim import EnvConfig, camera_from_name
+from sim.viewer import GREEN, RED, GamepadSteering, KeyboardSteering, MouseSteering
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,11 @@ def test_keyboard_steering_tracks_arrows_and_wasd_events():
     ks.handle(pygame.event.Event(pygame.KEYUP, key=pygame.K_a))
     ks.handle(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_RIGHT))
     ks.handle(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_UP))
-    assert ks.held == {"right", "up"} and ks.throttle() == 1.0
+    pedal = [ks.throttle() for _ in range(8)]  # the pedal ramps in, like the wheel
+    assert ks.held == {"right", "up"} and 0 < pedal[0] < 0.5 and pedal[-1] == 1.0
+    ks.handle(pygame.event.Event(pygame.KEYUP, key=pygame.K_UP))
+    ks.handle(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_s))
+    assert [ks.throttle() for _ in range(14)][-1] == -1.0  # S brakes, through zero
     assert not ks.handle(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_x))
 
 
@@ -59,6 +63,13 @@ def test_mouse_and_gamepad_steering():
     assert g.update() == 0.0 and not g.touched  # inside the dead zone
     axes[0] = -1.0
     assert g.update() == -1.0 and g.throttle() > 0
+    pad = {0: 0.0, 4: 0.0, 5: 0.0}  # triggers read 0 until first touched on some pads: not half pressed
+    g = GamepadSteering(read_axis=pad.__getitem__, triggers=True)
+    assert g.throttle() == 0.0
+    pad[5] = 1.0
+    assert g.throttle() == 1.0
+    pad[5], pad[4] = -1.0, 0.5
+    assert g.throttle() == pytest.approx(-0.75)
 
 
 def test_scripted_person_drives_a_lap_and_the_drive_round_trips(tmp_path):
@@ -205,3 +216,35 @@ def test_viewer_shows_the_camera_inset_and_a_blinking_recording_light():
         assert (viewer.screenshot()[20:200, 20:200] == (255, 0, 255)).all()  # e.g. saliency, in the inset
     finally:
         viewer.close()
+
+
+def test_race_pedal_through_the_real_loop_records_throttle_and_shows_it(tmp_path):
+    """Race: hold W to launch, then S to brake; the pedal ramps, the drive records the throttle labels,
+    the car speeds up and slows down, and the HUD shows speed, throttle and brake."""
+    shots, hud = [], {}
+
+    def count(colour) -> int:
+        return int(np.all(pygame.surfarray.pixels3d(pygame.display.get_surface()) == colour, axis=-1).sum())
+
+    def script(obs, info):
+        t = len(shots)
+        shots.append(info["speed"])
+        if t in (60, 90):  # the window as drawn after full throttle, then after full braking
+            hud[t] = (count(GREEN), count(RED))
+        if t == 0:
+            key(pygame.KEYDOWN, pygame.K_w)
+        elif t == 60:
+            key(pygame.KEYUP, pygame.K_w)
+            key(pygame.KEYDOWN, pygame.K_s)
+        elif t == 90:
+            key(pygame.KEYDOWN, pygame.K_ESCAPE)
+
+    cfg = EnvConfig(track="procedural:3", off_track="recover", task="race", camera=camera_from_name("race"))
+    result = play(cfg, tmp_path / "drives", input_name="keyboard", realtime=False, person=script)
+    drive = read_drive(result.drives[0])
+    assert drive.meta["env"]["task"] == "race" and drive.throttle is not None
+    assert 0 < drive.throttle[0] < 0.5 and drive.throttle[30] == 1.0  # ramped in
+    assert drive.throttle[89] == -1.0 and drive.throttle[61] > -1.0  # ramped through to full brake
+    speed = drive.state["speed"]
+    assert speed[0] < 1.0 and speed[60] > 15.0 and speed[89] < speed[60] - 8.0
+    assert hud[60][0] > hud[90][0] + 500 and hud[90][1] > hud[60][1] + 500  # the throttle bar, the brake bar

@@ -14,6 +14,7 @@ from agent.dataset import FrameDataset, load_drives
 from agent.evaluate import ExpertDriver, PolicyDriver, evaluate
 from agent.model import load_policy
 from agent.train import TrainConfig, train
+from data.inspect import inspect_drives
 from data.record import record_autopilot
 from data.recording import read_drive
 
@@ -30,11 +31,11 @@ def ring(folder: Path, radius: float = 40.0) -> Path:
 
 @pytest.fixture(scope="module")
 def race_drives(tmp_path_factory) -> Path:
-    """Two laps of a 40 m ring and of a 60 m ring, with DART noise on steering and throttle."""
+    """A lap of a 40 m ring and of a 60 m ring, with DART noise on steering and throttle."""
     root = tmp_path_factory.mktemp("race")
     tracks = ",".join(str(ring(root / name, r)) for name, r in (("a", 40.0), ("b", 60.0)) if (root / name).mkdir()
                       or True)
-    record_autopilot(tracks, 2, root / "drives", noise=0.3, workers=1, task="race", verbose=False)
+    record_autopilot(tracks, 1, root / "drives", noise=0.3, workers=1, task="race", verbose=False)
     return root
 
 
@@ -51,6 +52,9 @@ def test_race_autopilot_records_throttle_labels_with_noise(race_drives):
     speed = drive.state["speed"]
     assert speed[0] < 1.0 and speed.max() > 12.0  # a standing start, then racing speed
     assert np.ptp(drive.executed_steering - drive.steering) > 0.1  # the car executed perturbed steering
+    stats, _ = inspect_drives(race_drives / "drives")  # `inspect` shows throttle and speed histograms
+    assert sum(stats[0]["throttle_histogram"]["counts"]) == len(drive) and stats[0]["throttle_histogram"]["counts"][-1]
+    assert sum(stats[0]["speed_kmh_histogram"]["counts"]) == len(drive) and stats[0]["mean_speed_kmh"] > 30
 
 
 def test_two_output_policy_learns_the_throttle(race_drives, tmp_path):
