@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from sim.env import TASKS
 from sim.errors import UserError
 from sim.files import atomic_write_text
 
@@ -26,6 +27,7 @@ EXAMPLES = """examples:
   python run_drive.py demo                 # ~13 minutes on a 2-core CPU, a few on a GPU
   python run_drive.py demo --quick         # ~2 minutes: the same steps, smaller
   python run_drive.py demo --out /tmp/tour --device cpu
+  python run_drive.py demo --task race      # the race task: steering and throttle, lap times vs the expert
 
 It prints where the report is: data/reports/<timestamp>/report.md (open it in any Markdown viewer).
 The trained policy is in the report's model/ folder: `python run_drive.py eval --model DIR/model`."""
@@ -64,8 +66,9 @@ def _default_out() -> Path:
 
 
 def run_demo(out: str | os.PathLike | None = None, quick: bool = False, device: str = "auto",
-             minutes: float | None = None) -> Path:
-    """Record, train, evaluate, report. Returns the path of report.md."""
+             minutes: float | None = None, task: str = "lane") -> Path:
+    """Record, train, evaluate, report (`task` race: steering and throttle, lap times against the
+    expert's). Returns the path of report.md."""
     from data.record import record_autopilot
 
     from .train import pick_device, train
@@ -85,7 +88,7 @@ def run_demo(out: str | os.PathLike | None = None, quick: bool = False, device: 
 
     _stage(1, f"recording autopilot drives on {plan.train_tracks} (the expert, with steering noise)")
     t0 = time.perf_counter()
-    rec = record_autopilot(plan.train_tracks, 1, out / "drives")
+    rec = record_autopilot(plan.train_tracks, 1, out / "drives", task=task)
     timings["record"] = time.perf_counter() - t0
 
     _stage(2, f"training a {plan.arch} policy for {plan.train_minutes:g} minutes on {train_device}")
@@ -218,8 +221,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="report folder (default data/reports/<timestamp>)")
     parser.add_argument("--device", default="auto", help="training device: auto (GPU if any), cpu, cuda, cuda:N")
     parser.add_argument("--minutes", type=float, help="training minutes (default 9, or 0.6 with --quick)")
+    parser.add_argument("--task", default="lane", choices=TASKS, help="lane (default) or race (steering and "
+                        "throttle; the evaluation reports lap times against the expert's)")
 
 
 def main(args: argparse.Namespace) -> int:
-    run_demo(args.out, quick=args.quick, device=args.device, minutes=args.minutes)
+    run_demo(args.out, quick=args.quick, device=args.device, minutes=args.minutes, task=args.task)
     return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.env import EnvConfig, add_latency_argument
+from sim.env import TASKS, EnvConfig, add_latency_argument
 from sim.errors import UserError
 from sim.expert import expert_for
 from sim.progress import table
@@ -31,6 +31,7 @@ EXAMPLES = """examples:
   python run_drive.py watch --model data/models/pilot --track real:spa --laps 2
   python run_drive.py watch --model data/models/pilot --track challenge:0-9 --laps 1 --speed 4
   python run_drive.py watch --model data/models/pilot.onnx      # an exported policy, in onnxruntime
+  python run_drive.py watch --model data/models/race --task race --track challenge:3   # Up/Down: pedal
 
 keys: T or Space take over / give back (a steering key also takes over), arrows or A/D steer while you
       drive, + and - speed up / slow down (1x..8x), P pause, R restart the lap, Esc quit.
@@ -76,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--saliency", action="store_true", help="show what the network looks at in the inset")
     parser.add_argument("--randomise-palette", action="store_true", help="new colours on every track")
     add_latency_argument(parser)
+    parser.add_argument("--task", choices=TASKS, help="check the policy's task (its card says it: lane or race)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -84,6 +86,8 @@ def main(args: argparse.Namespace) -> int:
     parse_spec(args.track)
     from .model import load_policy
     policy = load_policy(args.model)
+    if args.task and policy.env_config().task != args.task:
+        raise UserError(f"--task {args.task}: {args.model} is a {policy.env_config().task} policy (its card says so)")
     cfg = replace(policy.env_config(), track=args.track, laps=args.laps or None, off_track="recover",
                   max_steps=HOUR_STEPS, random_start=False, randomise_palette=args.randomise_palette,
                   latency_ms=args.latency_ms)
@@ -139,14 +143,22 @@ class _WatchSession(WindowSession):
 
     def act(self, obs: np.ndarray, info: dict) -> np.ndarray:
         hud = self.hud
-        hud.policy_steering = float(self.policy.steer(obs))
+        if hasattr(self.policy, "act_batch"):  # a loaded policy: steering, and throttle in the race task
+            action = np.asarray(self.policy.act_batch(obs[None]), np.float32).reshape(-1)
+        else:
+            action = np.array([self.policy.steer(obs)], np.float32)
+        hud.policy_steering = float(action[0])
         hud.expert_steering = float(self.expert.steering(self.env))
         if hud.person_driving:
             steer = self.keys.update()
         else:
             steer = self.keys.value = hud.policy_steering  # a takeover starts where the wheel is
         hud.steering = steer
-        return np.array([steer], np.float32)
+        if len(action) < 2:
+            return np.array([steer], np.float32)
+        # race: the policy's throttle, or the person's pedal (Up/Down, W/S) while they drive
+        hud.throttle = self.keys.throttle() if hud.person_driving else float(np.clip(action[1], -1, 1))
+        return np.array([steer, hud.throttle], np.float32)
 
     def stepped(self, obs: np.ndarray, info: dict) -> None:
         hud = self.hud
@@ -174,7 +186,8 @@ def watch(cfg: EnvConfig, policy, *, realtime: bool = True, clock=None,
           on_step: Callable[[dict], None] | None = None,
           saliency: Callable[[np.ndarray], np.ndarray] | None = None,
           speedup: int = 1, max_steps: int | None = None) -> WatchResult:
-    """Let `policy` (anything with `.steer(frame)`) drive the tracks of `cfg.track` in a window.
+    """Let `policy` (a loaded policy, or anything with `.steer(frame)`) drive the tracks of `cfg.track`
+    in a window.
 
     `person(obs, info)` runs before each window frame's events are read; `on_step(row)` sees every
     env step (who drove, the commands, the info). `max_steps` bounds the session (tests)."""

@@ -27,8 +27,15 @@ import numpy as np
 from . import car as carmod
 from .car import CarConfig, CarState, RaceCarConfig
 from .looks import LookConfig, LookRenderer
-from .render import (CAMERA_PRESETS, Camera, CameraConfig, default_palette, draw_speed_gauge, held_out_palette,
-                     random_palette)
+from .render import (
+    CAMERA_PRESETS,
+    Camera,
+    CameraConfig,
+    default_palette,
+    draw_speed_gauge,
+    held_out_palette,
+    random_palette,
+)
 from .track import Track, load_track, parse_spec
 from .traffic import Traffic, TrafficConfig, rectangle_corners
 

@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from agent.dataset import FrameDataset, load_drives
 from agent.evaluate import ExpertDriver, PolicyDriver, evaluate
 from agent.model import load_policy
 from agent.train import TrainConfig, train
+from agent.watch import watch
 from data.inspect import inspect_drives
 from data.record import record_autopilot
 from data.recording import read_drive
@@ -63,7 +65,7 @@ def test_two_output_policy_learns_the_throttle(race_drives, tmp_path):
     ds = FrameDataset(data.drives, data.env)
     frame, labels = ds[0]
     assert labels.shape == (2,)
-    train(race_drives / "drives", tmp_path / "m", epochs=6, cfg=TrainConfig(arch="small", batch=32, lr=2e-3),
+    train(race_drives / "drives", tmp_path / "m", epochs=4, cfg=TrainConfig(arch="small", batch=32, lr=2e-3),
           device="cpu", verbose=False, val_fraction=0.0)
     policy = load_policy(tmp_path / "m")
     assert policy.card["task"] == "race" and policy.outputs == ["steering", "throttle"]
@@ -74,6 +76,11 @@ def test_two_output_policy_learns_the_throttle(race_drives, tmp_path):
     # the throttle output follows the labels: full throttle when launching, less at cornering speed
     corr = np.corrcoef(pred[:, 1], truth[:, 1])[0, 1]
     assert corr > 0.5, corr
+    # watch drives it with both outputs in the real window loop, and the person's pedal takes over
+    rows = []
+    cfg = replace(policy.env_config(), track=str(race_drives / "a" / "ring.csv"), off_track="recover", laps=None)
+    result = watch(cfg, policy, realtime=False, on_step=rows.append, max_steps=60)
+    assert result.steps == 60 and rows[-1]["info"]["speed"] > 3.0  # the policy's throttle moved the car
     # eval takes the task from the card, and the expert drives the same tracks for the lap-time ratio
     report = evaluate(PolicyDriver(tmp_path / "m"), str(race_drives / "a" / "ring.csv"), 1, show_progress=False)
     s = report["summary"]
