@@ -4,7 +4,8 @@ E2EDrive-v0 steps/s against Gymnasium's CarRacing-v3 (same loop, same wrappers, 
 on one track and on the default config with frequent resets; reset times (first visit, revisit)
 against CarRacing-v3's; async vector envs' total steps/s for 1, 2, 4 and 8 envs; render-only
 frames/s; peak memory over 20 tracks with random palettes; and (with torch) training frames/s and the
-policy's latency per frame at batch 1, in torch and in onnxruntime (exported as `export` does).
+policy's latency per frame at batch 1, in torch and in onnxruntime (exported as `export` does); with
+`--data`, training samples/s with the frames in RAM against the on-disk frame cache.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ EXAMPLES = """examples:
   python run_drive.py bench --seconds 2 --json bench.json
   python run_drive.py bench --skip-training       # simulator only
   python run_drive.py bench --vector-envs 1,2 --skip-memory --seconds 1   # a quick look
+  python run_drive.py bench --data data/drives/auto   # + training samples/s: frames in RAM vs frame cache
 CarRacing-v3 needs Box2D: pip install box2d  (the bench says so when it is missing)."""
 
 
@@ -41,6 +43,9 @@ def add_arguments(p) -> None:
     p.add_argument("--vector-envs", default=",".join(map(str, VECTOR_ENVS)), metavar="N,N,...",
                    help="async vector env sizes to measure (default 1,2,4,8)")
     p.add_argument("--skip-memory", action="store_true", help="skip the peak-memory run (20 tracks, ~10 s)")
+    p.add_argument("--data", metavar="DIR", help="also time training samples from these drives: frames "
+                   "in RAM against the frame cache, batch by batch (needs RAM for the frames)")
+    p.add_argument("--data-samples", type=int, default=12800, help="samples per side for --data (default 12800)")
 
 
 def _steps_per_second(env, seconds: float, seed: int = 0, steering: float | None = None) -> float:
@@ -333,11 +338,39 @@ def bench_torch(seconds: float, camera: str, device: str) -> dict:
     return res
 
 
+def bench_data(data_dir: str, samples: int) -> dict:
+    """Samples/s of `FrameDataset` (+ collate) with the frames decoded in RAM and read from the frame
+    cache, interleaved batch by batch so both see the same machine load; the same random samples,
+    first reads of each frame included, with and without the default augmentation."""
+    from agent.dataset import NO_AUGMENT, AugmentConfig, FrameDataset, collate, load_drives
+
+    with open(os.devnull, "w") as quiet:
+        sets = {"ram": load_drives(data_dir, cache=False, stream=quiet), "cache": load_drives(data_dir, stream=quiet)}
+    res: dict = {"frames": sets["ram"].frames, "samples": samples}
+    for name, aug in (("no_augment", NO_AUGMENT), ("augment", AugmentConfig())):
+        ds = {k: FrameDataset(v.drives, v.env, aug) for k, v in sets.items()}
+        idx = np.random.default_rng(1).integers(0, len(ds["ram"]), samples)
+        first = [collate([ds[side][int(i)] for i in idx[:64]])[0] for side in ("ram", "cache")]
+        if not bool((first[0] == first[1]).all()):  # the two sides must do the same work
+            raise RuntimeError(f"{data_dir}: the frame cache gave other samples than the decoded drives")
+        spent = {"ram": 0.0, "cache": 0.0}
+        for b, start in enumerate(range(0, samples, 64)):
+            for side in ("ram", "cache") if b % 2 else ("cache", "ram"):
+                t = time.perf_counter()
+                collate([ds[side][int(i)] for i in idx[start:start + 64]])
+                spent[side] += time.perf_counter() - t
+        for side, s in spent.items():
+            res[f"{name}_{side}_samples_per_s"] = samples / s
+    return res
+
+
 def main(args) -> int:
     if args.seconds <= 0:
         raise UserError(f"--seconds must be positive, got {args.seconds}")
     if args.rounds < 1:
         raise UserError(f"--rounds must be at least 1, got {args.rounds}")
+    if args.data and args.data_samples < 64:
+        raise UserError(f"--data-samples must be at least 64 (one batch), got {args.data_samples}")
     if not args.skip_training:
         try:
             from agent.train import pick_device
@@ -407,6 +440,12 @@ def main(args) -> int:
                     ort_ms = t[f"{arch}_onnxruntime_latency_ms"]
                     rows += [[f"{arch} policy latency per frame, batch 1, cpu, 1 thread: onnxruntime",
                               f"{ort_ms:.2f} ms ({t[f'{arch}_cpu_latency_ms'] / ort_ms:.1f}x torch's speed)"]]
+    if args.data:
+        res["data"] = d = bench_data(args.data, args.data_samples)
+        for name, what in (("augment", "default augmentation"), ("no_augment", "no augmentation")):
+            ram, cache = d[f"{name}_ram_samples_per_s"], d[f"{name}_cache_samples_per_s"]
+            rows += [[f"training samples/s, {what}, {d['frames']:,} frames: in RAM / frame cache",
+                      f"{ram:,.0f} / {cache:,.0f} ({cache / ram:.2f}x)"]]
     print(table(["measure", "value"], rows, title="\nE2E Drive bench"))
     for note in (e.get("carracing_note"), m.get("note"), res.get("torch", {}).get("onnxruntime_note")):
         if note:

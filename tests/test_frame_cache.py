@@ -200,3 +200,12 @@ def test_viewpoint_shift_maps_stay_within_their_memory_budget(tmp_path):
         fewest = min(fewest, len(tight._cameras))
     assert len(free._cameras) == 3 and sum(c.map.resident_bytes for c in free._cameras.values()) > 2 * budget
     assert fewest == 1
+
+
+def test_bench_times_training_samples_from_ram_and_from_the_cache_on_the_same_samples(drive):
+    from agent.bench import bench_data
+
+    res = bench_data(str(drive), 128)  # raises when the two sides' samples differ
+    assert res["frames"] == 120
+    for name in ("augment", "no_augment"):
+        assert res[f"{name}_ram_samples_per_s"] > 0 and res[f"{name}_cache_samples_per_s"] > 0
