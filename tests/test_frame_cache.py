@@ -209,3 +209,21 @@ def test_bench_times_training_samples_from_ram_and_from_the_cache_on_the_same_sa
     assert res["frames"] == 120
     for name in ("augment", "no_augment"):
         assert res[f"{name}_ram_samples_per_s"] > 0 and res[f"{name}_cache_samples_per_s"] > 0
+
+
+def test_a_drive_another_process_is_caching_is_waited_for_not_built_twice(drive, tmp_path):
+    import fcntl
+    import threading
+
+    key = drive_key(drive)
+    tmp_path.mkdir(exist_ok=True)
+    with open(tmp_path / f"{key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as a DDP rank caching this drive right now would
+        assert cached_drive(drive, tmp_path, wait=False) is None  # load_drives takes other drives first
+        release = threading.Timer(0.5, fcntl.flock, [lock, fcntl.LOCK_UN])  # that rank finishes
+        release.start()
+        t0 = time.monotonic()
+        _, built = cached_drive(drive, tmp_path)  # waits for it, then finds no entry and builds it
+        release.join()
+        assert built and time.monotonic() - t0 >= 0.4
+    assert not cached_drive(drive, tmp_path, wait=False)[1]
