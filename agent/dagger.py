@@ -453,7 +453,6 @@ def plot_completion(report: dict, path: Path) -> Path:
     fig.suptitle(f"held-out tracks {report['config']['eval_tracks']}")
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=90)
-    plt.close(fig)
     return path
 
 

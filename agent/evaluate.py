@@ -260,7 +260,7 @@ def _run(driver, specs: list[str], cfg: EnvConfig, laps: int, seed: int, workers
         workers = max(1, min(workers, len(specs)))
         if workers == 1 or not driver.can_spawn():
             with driver.session():
-                    drive_tracks(driver, jobs, cfg, laps, seed, batch, video, keep_trajectory, on_progress)
+                drive_tracks(driver, jobs, cfg, laps, seed, batch, video, keep_trajectory, on_progress)
         else:
             _run_processes(driver, jobs, cfg, laps, seed, workers, batch, video, keep_trajectory, on_progress)
     return sorted(results, key=lambda r: r["index"])
@@ -347,7 +347,6 @@ def plot_drive(path: Path, spec: str, trajectory: dict, metrics: dict, title: st
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_savefig(fig, path)
-    plt.close(fig)
     return path
 
 

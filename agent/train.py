@@ -249,7 +249,6 @@ def plot_curves(history: list[dict], path: Path) -> None:
     fig.suptitle(f"training: {path.parent.name}")
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=90)
-    plt.close(fig)
 
 
 # -- warm start --------------------------------------------------------------------------------------

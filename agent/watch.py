@@ -100,12 +100,8 @@ def main(args: argparse.Namespace) -> int:
 
 def saliency_overlay(policy) -> Callable[[np.ndarray], np.ndarray]:
     """frame -> RGB picture of what the network looks at, from agent/saliency.py."""
-    try:
-        from . import saliency
-    except ModuleNotFoundError as e:
-        if e.name != "agent.saliency":
-            raise
-        raise UserError("--saliency: saliency maps are not available in this version") from None
+    from . import saliency
+
     saliency.require_gradients(policy)
     return lambda frame: saliency.saliency_overlay(policy, frame)
 

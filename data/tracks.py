@@ -74,10 +74,21 @@ def sets_table() -> str:
 def tracks_table(specs: list[str]) -> str:
     rows = []
     for spec in specs:
-        f = describe(load_track(spec))
-        rows.append([load_track(spec).name, spec if ":" in spec else Path(spec).name, f"{f['length_m']:.0f}",
+        track = load_track(spec)
+        f = describe(track)
+        rows.append([track.name, spec if ":" in spec else Path(spec).name, f"{f['length_m']:.0f}",
                      _range(f["width_min_m"], f["width_max_m"], 1), f"{f['tightest_corner_m']:.1f}"])
     return table(["track", "SPEC", "length m", "width m", "tightest corner m"], rows)
+
+
+def check_plot_path(out: str | os.PathLike) -> Path:
+    """`--plot`'s file, checked before any work: a .png in a folder that exists."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--plot {out}: give a .png file name")
+    if not out.parent.is_dir():
+        raise UserError(f"--plot {out}: folder {out.parent} does not exist")
+    return out
 
 
 def plot_tracks(specs: list[str], out: str | os.PathLike) -> Path:
@@ -86,11 +97,7 @@ def plot_tracks(specs: list[str], out: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise UserError(f"--plot {out}: give a .png file name")
-    if not out.parent.is_dir():
-        raise UserError(f"--plot {out}: folder {out.parent} does not exist")
+    out = check_plot_path(out)
     shown = specs[:MAX_THUMBNAILS]
     cols = min(6, len(shown))
     rows = math.ceil(len(shown) / cols)
@@ -116,6 +123,8 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    if args.plot:
+        check_plot_path(args.plot)
     if args.spec:
         specs = parse_spec(args.spec)
         print(tracks_table(specs))

@@ -122,6 +122,12 @@ def test_bad_specs(spec, needle):
     assert_one_clear_line(run_cli("eval", "--expert", "--tracks", spec), needle)
 
 
+def test_tracks_plot_into_a_missing_folder_fails_before_listing(tmp_path):
+    r = run_cli("tracks", "real:all", "--plot", str(tmp_path / "no_such_folder" / "real.png"))
+    assert_one_clear_line(r, "no_such_folder")
+    assert r.stdout == ""  # checked before the table is printed, not after the work
+
+
 def test_bad_flags(bad, tmp_path):
     assert_one_clear_line(run_cli("record", "--autopilot", "--tracks", "procedural:1", "--laps", "-3",
                                   "--out", str(tmp_path / "r")), "--laps")
