@@ -238,12 +238,25 @@ def bench_env(seconds: float, rounds: int, camera: str, vector_envs: tuple[int, 
     return res
 
 
-def memory_cycle(camera: str = "birdseye", n_tracks: int = 20, passes: int = 2, steps: int = 300) -> dict:
-    """Drive `passes` times through procedural:0..n_tracks-1 with a new random palette each episode
-    (the expert steers, up to `steps` steps per episode) and report this process's peak RSS."""
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. On Linux the memory map's own high-water mark
+    (`VmHWM`): `ru_maxrss` of a process started by another also counts the parent's resident memory
+    at the start (the kernel carries it over the fork and exec), so it would report the bench's own
+    size, not the measured run's."""
     import resource
     import sys
 
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024  # kB
+    except (OSError, StopIteration, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, kB on Linux
+
+
+def memory_cycle(camera: str = "birdseye", n_tracks: int = 20, passes: int = 2, steps: int = 300) -> dict:
+    """Drive `passes` times through procedural:0..n_tracks-1 with a new random palette each episode
+    (the expert steers, up to `steps` steps per episode) and report this process's peak RSS."""
     import gymnasium as gym
 
     import sim
@@ -259,9 +272,7 @@ def memory_cycle(camera: str = "birdseye", n_tracks: int = 20, passes: int = 2, 
                 _, _, term, trunc, _ = env.step(expert.act(env))
                 if term or trunc:
                     break
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    peak_mb = peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, kB on Linux
-    return {"peak_rss_mb": peak_mb, "tracks": n_tracks, "episodes": episodes, "passes": passes,
+    return {"peak_rss_mb": peak_rss_mb(), "tracks": n_tracks, "episodes": episodes, "passes": passes,
             "steps_per_episode": steps}
 
 

@@ -115,6 +115,15 @@ def test_memory_stays_bounded_over_20_tracks_with_random_palettes():
     assert res["peak_rss_mb"] < 600
 
 
+def test_peak_rss_is_the_measured_process_own_not_its_parents():
+    """The memory figure comes from a process this one starts: a big parent must not count in it."""
+    ballast = np.ones(700 * 2**20 // 8)  # 700 MB resident here, in the parent
+    r = subprocess.run([sys.executable, "-c", "import agent.bench as b; print(b.peak_rss_mb())"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert 10 < float(r.stdout) < 400 and ballast.sum() > 0  # importing numpy and the bench: ~100 MB
+
+
 def test_a_map_draws_only_the_tiles_cameras_look_at():
     t = generate(5)  # a track object of its own: a map of its own, nothing drawn yet
     cam = Camera(t)
