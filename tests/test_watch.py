@@ -101,7 +101,6 @@ def test_missing_or_garbage_model_is_one_clear_line(tmp_path):
 
 
 def test_saliency_shows_in_the_inset(policy):
-    pytest.importorskip("agent.saliency")
     from agent.watch import saliency_overlay
 
     shown = []
