@@ -661,7 +661,7 @@ class TensorBoard:
 
         idx = pick_frames(len(val_ds), self.N_FRAMES)
         frames = np.stack([val_ds[int(i)][0] for i in idx])
-        labels = np.array([val_ds[int(i)][1] for i in idx], np.float32)
+        labels = np.array([val_ds[int(i)][1][0] for i in idx], np.float32)  # the steering (race: throttle too)
         was_training = model.training
         model.eval()
         maps, preds = saliency_maps(model, frames, device=next(model.parameters()).device)
