@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.errors import UserError
-from sim.files import atomic_write_text
+from sim.files import write_json
 from sim.progress import table
 
 RESET_STEERING = 0.3  # the constant steering of the steps/s-with-resets figures
@@ -462,6 +462,6 @@ def main(args) -> int:
         if note:
             print(note)
     if args.json:
-        atomic_write_text(args.json, json.dumps(res, indent=2))
+        write_json(args.json, res)
         print(f"wrote {args.json}")
     return 0

@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import hashlib
 import io
-import json
 import logging
 import time
 import warnings
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 
 from sim.errors import UserError
-from sim.files import atomic_write, atomic_write_text
+from sim.files import atomic_write, write_json
 from sim.render import CameraConfig
 
 from .model import FORMAT_VERSION, Policy, load_onnx_policy, load_policy, single_thread_inference
@@ -149,7 +148,7 @@ def export_onnx(model_dir: str | Path, onnx_path: str | Path, opset: int = OPSET
     tmp_card = card_path(tmp)
     try:
         atomic_write(tmp, blob)
-        atomic_write_text(tmp_card, json.dumps(card, indent=2) + "\n")
+        write_json(tmp_card, card)
         onnx_policy = load_onnx_policy(tmp)
         got = onnx_policy.act_batch(frames)
         one = onnx_policy.act_batch(frames[:1])  # the dynamic batch dimension works at 1 too
@@ -162,7 +161,7 @@ def export_onnx(model_dir: str | Path, onnx_path: str | Path, opset: int = OPSET
                         f"(more than {TOLERANCE:g}); nothing written")
     card["onnx"]["check"]["max_abs_diff"] = diff
     atomic_write(onnx_path, blob)  # the model first, its card (holding the model's hash) second
-    atomic_write_text(card_path(onnx_path), json.dumps(card, indent=2) + "\n")
+    write_json(card_path(onnx_path), card)
     write_model_card(onnx_path, card)
     return {"onnx": str(onnx_path), "card": str(card_path(onnx_path)), "readme": str(readme_path(onnx_path)),
             "bytes": len(blob), "opset": opset, "max_abs_diff": diff, "seconds": seconds,

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sim.errors import UserError
-from sim.files import atomic_write_text, read_json_object
+from sim.files import atomic_write_text, read_json_object, write_json
 
 CARD_FILE = "card.json"
 README_FILE = "README.md"
@@ -60,7 +60,7 @@ def record_results(model: str | os.PathLike, section: str, key: str, figures: di
     results = card.setdefault("results", {})
     rows = [r for r in results.get(section, []) if isinstance(r, dict) and r.get("key") != key]
     results[section] = [*rows, row]
-    atomic_write_text(path, json.dumps(card, indent=2) + "\n")
+    write_json(path, card)
     return write_model_card(model, card)
 
 
