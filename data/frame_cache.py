@@ -174,9 +174,6 @@ class FrameStore:
             raise OSError(f"{self.path}: short read ({got} of {want} bytes): the frame cache changed "
                           "under this process; run again to rebuild it")
 
-    def __getstate__(self) -> dict:
-        return dict(self.__dict__)
-
 
 # -- building and opening ----------------------------------------------------------------------------
 def _check_rows(n: int) -> np.ndarray:
