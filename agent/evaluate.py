@@ -118,6 +118,8 @@ class _Video:
             lines = [info["track"][:22], f"lap {info['lap'] + 1}  {info['lap_time']:.1f} s",
                      f"speed {info['speed'] * 3.6:.0f} km/h", f"cte {info['cte']:+.2f} m",
                      f"interventions {self.interventions}"]
+            if env.unwrapped.traffic is not None:
+                lines.append(f"collisions {info['collisions']}  passed {info['overtakes']}")
             for i, text in enumerate(lines):
                 cv2.putText(panel, text, (14, 170 + 22 * i), font, 0.5, white, 1, cv2.LINE_AA)
         if saliency is not None:  # what the network looks at, under the figures
@@ -196,7 +198,7 @@ class _EvalHooks(DriveHooks):
                   "metrics": drive_metrics(steps, track.length, self.laps)}
         if self.keep_trajectory:
             result["trajectory"] = {k: steps[k].astype(np.float32 if k in ("x", "y", "cte") else steps[k].dtype)
-                                    for k in ("x", "y", "cte", "intervention", "speed", "s", "lap")}
+                                    for k in ("x", "y", "cte", "intervention", "speed", "s", "lap", "collision") if k in steps}
         if self._filming(d):
             result["video"] = self.recorder.close()
             self.recorder = None
@@ -332,9 +334,14 @@ def plot_drive(path: Path, spec: str, trajectory: dict, metrics: dict, title: st
     ax.add_collection(lc)
     fig.colorbar(lc, ax=ax, fraction=0.04, pad=0.02, label="|cross-track error| (m)")
     hit = np.asarray(trajectory["intervention"], dtype=bool)
+    crash = np.asarray(trajectory.get("collision", np.zeros(len(x))), dtype=bool)  # task traffic
     if hit.any():
-        ax.scatter(x[hit], y[hit], marker="x", s=60, color="red", zorder=5,
-                   label=f"interventions ({int(hit.sum())})")
+        ax.scatter(x[hit & ~crash], y[hit & ~crash], marker="x", s=60, color="red", zorder=5,
+                   label=f"off the road ({int((hit & ~crash).sum())})")
+    if crash.any():
+        ax.scatter(x[crash], y[crash], marker="*", s=140, color="orange", edgecolors="black", zorder=6,
+                   label=f"collisions ({int(crash.sum())})")
+    if hit.any() or crash.any():
         ax.legend(loc="upper right", fontsize=8)
     start = track.point_at(0.0)
     ax.plot(*start, marker="o", color="black", ms=5)
@@ -343,7 +350,9 @@ def plot_drive(path: Path, spec: str, trajectory: dict, metrics: dict, title: st
     ax.set_ylabel("y (m)")
     ax.set_title(f"{title}\nclean laps {metrics['laps_completed']}/{metrics['laps_attempted']}, "
                  f"route {metrics['route_completion'] * 100:.0f}%, mean |cte| {metrics['mean_abs_cte_m']:.2f} m, "
-                 f"autonomy {metrics['autonomy_pct']:.0f}%", fontsize=9)
+                 f"autonomy {metrics['autonomy_pct']:.0f}%"
+                 + (f", collisions {metrics['collisions']}, overtakes {metrics['overtakes']}"
+                    if "collision" in trajectory else ""), fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_savefig(fig, path)
@@ -475,6 +484,7 @@ def evaluate(driver, tracks_spec: str, laps: int = 1, *, seed: int = 0, randomis
 def format_table(report: dict) -> str:
     """The per-track table and an 'all' row, with the expert's figures beside when compared."""
     compare = "expert" in report["summary"]
+    traffic = report.get("settings", {}).get("env", {}).get("task") == "traffic"
 
     def pct(v):
         return "-" if v is None else f"{v * 100:.0f}%"
@@ -486,6 +496,8 @@ def format_table(report: dict) -> str:
     headers = ["track", "laps", "clean", "route", "off/km", "|cte| m", "autonomy", "lap s"]
     if race:
         headers += ["km/h", "expert lap s", "lap time ratio"]
+    if traffic:
+        headers += ["collisions", "coll/km", "overtakes"]
     if compare:
         headers += ["expert clean", "expert |cte| m"]
 
@@ -497,6 +509,8 @@ def format_table(report: dict) -> str:
             speed = r.get("mean_speed_mps")
             row += [num(None if speed is None else speed * 3.6, "{:.0f}"), num(r["expert_lap_time_s"], "{:.1f}"),
                     num(r["mean_lap_time_ratio"], "{:.3f}")]
+        if traffic:
+            row += [str(r["collisions"]), num(r["collisions_per_km"]), str(r["overtakes"])]
         if compare:
             e = r["expert"]
             row += [f"{e['laps_completed']}/{e['laps_attempted']}", num(e["mean_abs_cte_m"])]
@@ -563,6 +577,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"race: mean speed {_or_dash(s['mean_speed_mps'], '{:.1f}')} m/s, expert lap time "
               f"{_or_dash(s['expert_lap_time_s'], '{:.1f}')} s, mean lap time ratio "
               f"{_or_dash(s['mean_lap_time_ratio'], '{:.3f}')} over {s['clean_laps_compared']} clean laps")
+    if report["settings"]["env"].get("task") == "traffic":
+        print(f"collisions {s['collisions']} ({_or_dash(s['collisions_per_km'], '{:.2f}')} per km), "
+              f"overtakes {s['overtakes']}")
     print(f"simulated {s['elapsed_s'] / 60:.1f} min of driving ({s['distance_km']:.1f} km) in {s['wall_s']:.1f} s: "
           f"{_or_dash(s['realtime_factor'], '{:.0f}')}x real time")
     if "video" in report:

@@ -77,7 +77,7 @@ def route_completion(progress_m: np.ndarray, lap: np.ndarray, intervention: np.n
 def laps_summary(time_s: np.ndarray, lap: np.ndarray, lap_completed: np.ndarray, off_track: np.ndarray,
                  laps: int) -> tuple[list[bool], list[float]]:
     """(clean flag per attempted lap, lap time of every finished lap). A lap is clean when it was
-    finished without a single off-track step."""
+    finished without a single spoilt step (`off_track`: off the road, or in traffic a collision)."""
     t = np.asarray(time_s, dtype=np.float64)
     lap = np.asarray(lap, dtype=np.int64)
     done = np.asarray(lap_completed, dtype=bool)
@@ -95,9 +95,15 @@ def laps_summary(time_s: np.ndarray, lap: np.ndarray, lap_completed: np.ndarray,
 
 def drive_metrics(steps: Mapping[str, np.ndarray], track_length_m: float, laps: int) -> dict:
     """All the figures of one drive of `laps` laps on one track, from its per-step arrays: time,
-    progress_m, lap, lap_completed, off_track, intervention, cte, speed (each the env info after a step)."""
+    progress_m, lap, lap_completed, off_track, intervention, cte, speed (each the env info after a step),
+    and in the traffic task collision and overtake (counts in that step). A clean lap has neither an
+    off-track step nor a collision."""
     lap = lap_index(steps["lap"], steps["lap_completed"])
-    clean, lap_times = laps_summary(steps["time"], lap, steps["lap_completed"], steps["off_track"], laps)
+    n = len(steps["time"])
+    collision = np.asarray(steps.get("collision", np.zeros(n)), dtype=np.int64)
+    overtake = np.asarray(steps.get("overtake", np.zeros(n)), dtype=np.int64)
+    spoilt = np.asarray(steps["off_track"], dtype=bool) | (collision > 0)
+    clean, lap_times = laps_summary(steps["time"], lap, steps["lap_completed"], spoilt, laps)
     rc = route_completion(steps["progress_m"], lap, steps["intervention"], track_length_m, laps)
     time_s = np.asarray(steps["time"], dtype=np.float64)
     elapsed = float(time_s[-1]) if time_s.size else 0.0
@@ -114,6 +120,10 @@ def drive_metrics(steps: Mapping[str, np.ndarray], track_length_m: float, laps: 
         "off_track_events": off_events,
         "off_track_per_km": off_events / (dist / 1000.0) if dist > 0 else float("nan"),
         "interventions": interventions,
+        "collisions": int(collision.sum()),
+        "collisions_per_km": int(collision.sum()) / (dist / 1000.0) if dist > 0 else float("nan"),
+        "overtakes": int(overtake.sum()),
+        "overtakes_per_lap": [int(overtake[lap == k].sum()) for k in range(laps)],
         "mean_abs_cte_m": float(cte.mean()) if cte.size else float("nan"),
         "max_abs_cte_m": float(cte.max()) if cte.size else float("nan"),
         "autonomy_pct": autonomy_pct(interventions, elapsed),
@@ -141,6 +151,7 @@ def summarise(rows: Sequence[Mapping]) -> dict:
     elapsed = sum(r["elapsed_s"] for r in rows)
     off = sum(r["off_track_events"] for r in rows)
     interventions = sum(r["interventions"] for r in rows)
+    collisions = sum(r.get("collisions", 0) for r in rows)
     return {
         "tracks": len(rows),
         "laps_attempted": attempted,
@@ -152,6 +163,9 @@ def summarise(rows: Sequence[Mapping]) -> dict:
         "off_track_events": off,
         "off_track_per_km": off / km if km > 0 else float("nan"),
         "interventions": interventions,
+        "collisions": collisions,
+        "collisions_per_km": collisions / km if km > 0 else float("nan"),
+        "overtakes": sum(r.get("overtakes", 0) for r in rows),
         "mean_abs_cte_m": (sum(r["mean_abs_cte_m"] * r["steps"] for r in rows if r["steps"]) / steps
                            if steps else float("nan")),
         "max_abs_cte_m": max((r["max_abs_cte_m"] for r in rows if r["steps"]), default=float("nan")),

@@ -24,7 +24,9 @@ class ExpertConfig:
     lookahead_base_m: float = 3.0
     lookahead_gain_s: float = 0.45  # lookahead grows with speed: base + gain * v
     horizon_s: float = 5.0  # traffic: plan around the cars we reach within this time
-    clearance_m: float = 0.4  # traffic: side gap kept from another car while passing it
+    clearance_m: float = 0.5  # traffic: side gap kept from another car while passing it...
+    curve_clearance_m2: float = 10.0  # ...plus this times the road's curvature (1/m): bends turn the cars
+    # against each other, and pure pursuit cuts them
     gap_m: float = 2.5  # traffic: and the gap kept ahead of and behind it
     edge_m: float = 0.6  # traffic: our centre stays this far inside the road edge
     max_shift_m: float = 1.0  # traffic: how far the aim point may lead our offset (smooth moves)
@@ -58,11 +60,13 @@ def plan_offset(track: Track, traffic: Traffic, s: float, offset: float, speed: 
     without crossing a car already beside us, the cheapest is chosen: near the centerline, near
     where we are. Stateless, so it labels any state a policy drives into (DAgger).
     """
-    ahead = max(speed * cfg.horizon_s, 20.0)
-    look = np.arange(0.0, ahead, 5.0)
-    idx = (np.searchsorted(track.s, (s + look) % track.length, side="right") - 1)
-    lo = -float(track.width_right[idx].min()) + cfg.edge_m
-    hi = float(track.width_left[idx].min()) - cfg.edge_m
+    def road_at(arc: np.ndarray) -> tuple[float, float, float]:
+        """(lowest, highest offset we may drive at, sharpest curvature) over arc lengths `arc`."""
+        k = np.searchsorted(track.s, arc % track.length, side="right") - 1
+        return (-float(track.width_right[k].min()) + cfg.edge_m, float(track.width_left[k].min()) - cfg.edge_m,
+                float(np.abs(track.curvature[k]).max()))
+
+    lo, hi, _ = road_at(s + np.arange(0.0, 15.0, 2.5))
     candidates = np.linspace(lo, hi, max(int((hi - lo) / 0.1) + 1, 2)) if hi > lo else np.array([0.0])
     free = np.ones(len(candidates), bool)
     if traffic is not None and traffic.n:
@@ -73,23 +77,29 @@ def plan_offset(track: Track, traffic: Traffic, s: float, offset: float, speed: 
         t_in = (rel - reach) / closing
         t_out = (rel + reach) / closing
         near = np.flatnonzero((t_out > 0) & (t_in < cfg.horizon_s))
-        sep = tc.width_m / 2 + car_cfg.width_m / 2 + cfg.clearance_m
         # the cars in the order we reach them: each one narrows the free offsets, unless it would
         # close them all (then it is left for later: we pass the nearer ones first)
         for i in near[np.argsort(t_in[near])]:
-            times = traffic.time + np.linspace(max(t_in[i], 0.0), t_out[i], 6)
-            d = np.array([traffic.offsets_at(traffic.s[i:i + 1] + traffic.speed[i] * (t - traffic.time),
-                                             traffic.q_at(t)[i:i + 1])[0] for t in times])
-            inside = (candidates > d.min() - sep) & (candidates < d.max() + sep)
+            dt = np.linspace(max(t_in[i], 0.0), t_out[i], 6)
+            where = traffic.s[i] + traffic.speed[i] * dt
+            d = np.array([traffic.offsets_at(where[k:k + 1], traffic.q_at(traffic.time + dt[k], [i]))[0]
+                          for k in range(len(dt))])
+            road_lo, road_hi, bend = road_at(np.concatenate([where, [s]]))
+            sep = tc.width_m / 2 + car_cfg.width_m / 2 + cfg.clearance_m + cfg.curve_clearance_m2 * bend
+            clash = (candidates > d.min() - sep) & (candidates < d.max() + sep)
+            off_road = (candidates < road_lo) | (candidates > road_hi)
             # the other side of it only if we can get there before we reach it
             late = np.abs(candidates - offset) > cfg.lateral_speed_mps * max(t_in[i] - 0.5, 0.0)
-            beyond = (candidates - d.mean()) * (offset - d.mean()) < 0
-            inside |= beyond & late
-            if not (free & ~inside).any():
-                if free.all():  # no way past the nearest car: keep as far from it as the road allows
-                    free = ~inside | (np.abs(candidates - d.mean()) >= np.abs(candidates - d.mean()).max() - 0.05)
+            unreachable = off_road | ((candidates - d.mean()) * (offset - d.mean()) < 0) & late
+            blocked = clash | unreachable
+            if not (free & ~blocked).any():
+                if (free & ~clash & ~off_road).any():  # room only across: go now, as fast as we can
+                    free &= ~clash & ~off_road
+                elif free.all():  # no way past the nearest car: as far from it as the road allows
+                    gap = np.where(off_road, -np.inf, np.maximum(d.min() - candidates, candidates - d.max()))
+                    free = gap >= gap.max() - 0.05
                 break
-            free &= ~inside
+            free &= ~blocked
     cost = cfg.centre_cost * np.abs(candidates) + cfg.move_cost * np.abs(candidates - offset)
     cost[~free] = np.inf
     return float(candidates[int(np.argmin(cost))])

@@ -207,3 +207,36 @@ def test_without_its_planner_the_expert_hits_the_cars():
     """The same laps on the centerline alone: the cars are in the way (so the test above guards
     the planner, not luck)."""
     assert _expert_lap("procedural:0", planner=False)["collisions"] >= 1
+
+
+# -- measuring ------------------------------------------------------------------------------------
+def test_a_collision_spoils_the_lap_and_counts_per_km():
+    from agent.metrics import drive_metrics, summarise
+    steps = 200  # 1 m per step on a 100 m track: two laps
+    progress = np.arange(1, steps + 1, dtype=float)
+    lap_after = np.floor(progress / 100.0).astype(int)
+    drive = {"time": 0.1 * np.arange(1, steps + 1), "progress_m": progress, "lap": lap_after,
+             "lap_completed": np.diff(lap_after, prepend=0) > 0, "off_track": np.zeros(steps, bool),
+             "intervention": np.zeros(steps, bool), "cte": np.full(steps, 0.3), "speed": np.full(steps, 10.0),
+             "collision": np.zeros(steps, int), "overtake": np.zeros(steps, int)}
+    drive["collision"][150] = 1
+    drive["intervention"][150] = True
+    drive["overtake"][[20, 60, 130]] = 1
+    m = drive_metrics(drive, 100.0, laps=2)
+    assert m["laps_completed"] == 1 and m["off_track_events"] == 0  # the second lap had the collision
+    assert m["collisions"] == 1 and m["collisions_per_km"] == pytest.approx(5.0)  # 1 in 0.2 km
+    assert m["overtakes"] == 3 and m["overtakes_per_lap"] == [2, 1]
+    s = summarise([m, m])
+    assert s["collisions"] == 2 and s["collisions_per_km"] == pytest.approx(5.0) and s["overtakes"] == 6
+
+
+def test_eval_of_the_expert_in_traffic_reports_collisions_and_overtakes(tmp_path):
+    from agent.drive import ExpertDriver
+    from agent.evaluate import evaluate, format_table
+    report = evaluate(ExpertDriver(task="traffic"), "procedural:0", laps=1, plot_dir=tmp_path / "plots",
+                      show_progress=False)
+    s, row = report["summary"], report["tracks"][0]
+    assert s["laps_completed"] == 1 and s["collisions"] == 0 and s["collisions_per_km"] == 0
+    assert s["overtakes"] >= 2 and row["overtakes_per_lap"][0] >= 2
+    assert "overtakes" in format_table(report)
+    assert (tmp_path / "plots").is_dir() and any((tmp_path / "plots").iterdir())
