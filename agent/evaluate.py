@@ -46,6 +46,7 @@ VIDEO_FRAMES = 1200  # a minute at 20 Hz: the start of the first lap of the firs
 
 EXAMPLES = """examples:
   python run_drive.py eval --expert --tracks procedural:0-99 --laps 1 --json out/expert.json
+  python run_drive.py eval --expert --task traffic --tracks procedural:0-19,challenge:0-19,real:all
   python run_drive.py eval --model data/models/pilot --tracks procedural:1000-1019 --laps 1 --compare-expert
   python run_drive.py eval --model data/models/pilot.onnx --tracks procedural:1000-1004   # in onnxruntime
   python run_drive.py eval --model data/models/pilot --tracks real:all --workers 2 \\

@@ -41,6 +41,7 @@ EXAMPLES = """examples:
       --out data/drives/rand
   python run_drive.py record --autopilot --tracks procedural:5 --laps 1 --noise 0 --camera dashcam --out /tmp/clean
   python run_drive.py record --autopilot --task race --tracks procedural:0-19 --laps 1 --out data/drives/race
+  python run_drive.py record --autopilot --task traffic --tracks procedural:0-19 --laps 1 --out data/drives/traffic
 
 Noise 0 records the expert's clean line; 0.3 (default) adds smooth drifts and pushes whose recoveries
 the labels show; 1.0 is rough (the car may leave the track; the env puts it back and marks it)."""

@@ -81,9 +81,7 @@ def plan_offset(track: Track, traffic: Traffic, s: float, offset: float, speed: 
         # close them all (then it is left for later: we pass the nearer ones first)
         for i in near[np.argsort(t_in[near])]:
             dt = np.linspace(max(t_in[i], 0.0), t_out[i], 6)
-            where = traffic.s[i] + traffic.speed[i] * dt
-            d = np.array([traffic.offsets_at(where[k:k + 1], traffic.q_at(traffic.time + dt[k], [i]))[0]
-                          for k in range(len(dt))])
+            where, d = traffic.future_offsets(i, dt)
             road_lo, road_hi, bend = road_at(np.concatenate([where, [s]]))
             sep = tc.width_m / 2 + car_cfg.width_m / 2 + cfg.clearance_m + cfg.curve_clearance_m2 * bend
             clash = (candidates > d.min() - sep) & (candidates < d.max() + sep)

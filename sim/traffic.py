@@ -203,6 +203,20 @@ class Traffic:
                 q = q_old + b * b * (3 - 2 * b) * (q - q_old)
         return q
 
+    def future_offsets(self, i: int, ahead_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where car i will be `ahead_s` seconds from now at its present speed: arc lengths and lateral
+        offsets (metres). What the expert plans with."""
+        t = self.time + np.asarray(ahead_s, np.float64)
+        c, a, w, ph = self.motion[i]
+        q = c + a * np.sin(w * t + ph)
+        if t.min() < self._blend_until:
+            b = np.clip((t - self.join_time[i]) / self.cfg.blend_s, 0.0, 1.0)
+            c, a, w, ph = self.old_motion[i]
+            q_old = c + a * np.sin(w * t + ph)
+            q = q_old + b * b * (3 - 2 * b) * (q - q_old)
+        s = self.s[i] + self.speed[i] * np.asarray(ahead_s, np.float64)
+        return s, self.offsets_at(s, q)
+
     def offsets_at(self, s: np.ndarray, q: np.ndarray) -> np.ndarray:
         """Lateral offsets in metres (positive left) for lateral positions q at arc lengths s."""
         g = self._table[np.searchsorted(self.track.s, s % self.track.length, side="right") - 1]
