@@ -186,9 +186,12 @@ def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None,
                             f"{want.width}x{want.height}; train on drives of one camera")
         if env is not None and denv.car.dt != env.car.dt:
             raise UserError(f"{meta_path}: recorded at dt={denv.car.dt} s, but {first_meta} at dt={env.car.dt} s")
+        if env is not None and denv.task != env.task:
+            raise UserError(f"--data {data_dir}: drives of two tasks ({env.task} in {first_meta}, {denv.task} in "
+                            f"{meta_path}); train on drives of one task")
         if env is None:
             env = EnvConfig(camera=denv.camera, car=denv.car, task=denv.task, race_car=denv.race_car,
-                            speed_gauge=denv.speed_gauge)
+                            speed_gauge=denv.speed_gauge, traffic=denv.traffic)
             first_meta = str(meta_path)
         metas[path] = denv
     stream = stream if stream is not None else sys.stderr
@@ -261,7 +264,9 @@ def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None,
             continue
         spec = str(d.meta.get("track", ""))
         try:
-            track = load_track(spec)
+            # traffic: the other cars are not recorded, so a view re-rendered from a shifted pose
+            # would lack them: no viewpoint shifts for those drives
+            track = None if denv.task == "traffic" else load_track(spec)
         except (UserError, ValueError, OSError):
             track = None
             warnings.append(f"{path}: track {spec!r} not found here: no viewpoint shifts for this drive")

@@ -40,6 +40,10 @@ ARCHS: dict[str, tuple[tuple[tuple[int, int, int], ...], tuple[int, ...]]] = {
     "pilotnet": (((24, 5, 2), (36, 5, 2), (48, 5, 2), (64, 3, 1), (64, 3, 1)), (100, 50, 10)),
     "small": (((16, 5, 2), (24, 5, 2), (32, 3, 2), (32, 3, 1)), (64, 16)),
 }
+# the same networks with a steering head that can hold two answers: `pilotnet-bins`, `small-bins`
+BINS_SUFFIX = "-bins"
+STEERING_BINS = 21  # bins over [-1, 1], 0.1 apart
+ARCHS.update({name + BINS_SUFFIX: shape for name, shape in list(ARCHS.items())})
 
 
 class Normalise(nn.Module):
@@ -49,6 +53,43 @@ class Normalise(nn.Module):
         return x * 2.0 - 1.0
 
 
+class SteeringBins(nn.Module):
+    """A steering head that can hold two answers: a classification over steering bins, trained with
+    cross-entropy on two-hot targets. Where the demonstrations pass a car on the left and on the
+    right, it keeps both modes instead of averaging them into the car, and drives the likelier one:
+    the output is the mean over the most probable bin and its two neighbours. In training mode it
+    returns the logits (N, bins), in eval mode the steering (N, 1)."""
+
+    def __init__(self, n_in: int, bins: int = STEERING_BINS):
+        super().__init__()
+        self.linear = nn.Linear(n_in, bins)
+        self.register_buffer("centres", torch.linspace(-1.0, 1.0, bins), persistent=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(h)
+        return logits if self.training else self.decode(logits)
+
+    def decode(self, logits: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(logits.float(), dim=1)
+        k = p.argmax(dim=1, keepdim=True).clamp(1, p.shape[1] - 2)
+        window = torch.cat([k - 1, k, k + 1], dim=1)
+        w = p.gather(1, window)
+        return (w * self.centres[window]).sum(1, keepdim=True) / w.sum(1, keepdim=True)
+
+
+def steering_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The training loss for a network's output: mean squared error when it outputs the labels
+    themselves, cross-entropy against two-hot bin targets when it outputs `SteeringBins` logits."""
+    if out.shape == target.shape:
+        return nn.functional.mse_loss(out, target)
+    bins = out.shape[1]
+    pos = (target[:, :1].clamp(-1.0, 1.0) + 1.0) / 2.0 * (bins - 1)
+    lo = pos.floor().clamp(0, bins - 2)
+    hi_w = pos - lo
+    soft = torch.zeros_like(out).scatter(1, lo.long(), 1.0 - hi_w).scatter_add(1, lo.long() + 1, hi_w)
+    return -(soft * torch.log_softmax(out, dim=1)).sum(1).mean()
+
+
 def outputs_for(task: str) -> list[str]:
     """What a policy of this task outputs, in order: the env's action."""
     return ["steering", "throttle"] if task == "race" else ["steering"]
@@ -56,7 +97,8 @@ def outputs_for(task: str) -> list[str]:
 
 def build_model(arch: str, camera: CameraConfig, outputs: int = 1) -> nn.Module:
     """The driving CNN for frames of `camera`'s size: input (N, 3, H, W) in [0, 1], output
-    (N, outputs) in [-1, 1]: steering (negative = left), then throttle (negative = brake) if asked."""
+    (N, outputs) in [-1, 1]: steering (negative = left), then throttle (negative = brake) if asked.
+    A `-bins` arch (steering only) ends in `SteeringBins` instead of tanh."""
     if arch not in ARCHS:
         raise UserError(f"--arch {arch}: unknown architecture (choose from {', '.join(ARCHS)})")
     convs, head = ARCHS[arch]
@@ -72,7 +114,12 @@ def build_model(arch: str, camera: CameraConfig, outputs: int = 1) -> nn.Module:
     for width in head:
         layers += [nn.Linear(n, width), nn.ELU()]
         n = width
-    layers += [nn.Linear(n, outputs), nn.Tanh()]
+    if arch.endswith(BINS_SUFFIX):
+        if outputs != 1:
+            raise UserError(f"--arch {arch}: the bins head steers only; the race task needs steering and throttle")
+        layers.append(SteeringBins(n))
+    else:
+        layers += [nn.Linear(n, outputs), nn.Tanh()]
     return nn.Sequential(*layers)
 
 

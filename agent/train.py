@@ -48,7 +48,7 @@ from .dataset import (
     split_by_drive,
     val_index,
 )
-from .model import ARCHS, CARD_FILE, build_model, count_parameters, outputs_for, save_policy
+from .model import ARCHS, CARD_FILE, build_model, count_parameters, outputs_for, save_policy, steering_loss
 
 EXAMPLES = """examples:
   python run_drive.py train --data data/drives/auto --out data/models/pilot --minutes 10
@@ -145,10 +145,10 @@ def pick_threads(arch: str, camera: CameraConfig, batch: int, most: int) -> tupl
     speed = {}
     for n in sorted({1, most}):
         torch.set_num_threads(n)
-        F.mse_loss(net(x), y).backward()  # warm-up
+        steering_loss(net(x), y).backward()  # warm-up
         t = time.perf_counter()
         for _ in range(3):
-            F.mse_loss(net(x), y).backward()
+            steering_loss(net(x), y).backward()
         speed[n] = 3 * len(x) / (time.perf_counter() - t)
     best = max(speed, key=speed.get)
     torch.set_num_threads(best)
@@ -692,7 +692,7 @@ def train_epoch(run: Run, data: TrainData, net: torch.nn.Module, opt: torch.opti
                 g["lr"] = lr
             xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
             with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
-                loss = F.mse_loss(net(xb).float(), yb)
+                loss = steering_loss(net(xb).float(), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

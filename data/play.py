@@ -34,6 +34,7 @@ EXAMPLES = """examples:
   python run_drive.py play --track procedural:0-9 --laps 1 --out data/drives/me   # a lap on each of 10 tracks
   python run_drive.py play --track procedural:3 --out data/drives/fix --assist data/models/pilot
   python run_drive.py play --task race --track procedural:3 --out data/drives/race_me
+  python run_drive.py play --task traffic --track procedural:3 --out data/drives/traffic   # pass the other cars
 
 keys: arrows or WASD steer; Up/Down or W/S accelerate and brake (--task race, --throttle), ramped
       like the steering; a gamepad's right and left triggers do the same; P pause,
@@ -68,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--throttle", action="store_true", help="control the speed yourself (Up/Down)")
     add_latency_argument(parser)
     parser.add_argument("--task", default="lane", choices=TASKS,
-                        help="lane (default) or race: a car with grip, from a standing start, throttle and brake")
+                        help="lane (default), race (a car with grip, from a standing start, throttle and brake) "
+                        "or traffic (other cars to overtake)")
     parser.add_argument("--assist", metavar="MODEL_DIR", default=None,
                         help="the policy drives; steer to take over and record corrections (HG-DAgger)")
 

@@ -317,7 +317,7 @@ class DriveEnv(gym.Env):
         self.car = CarState(x=float(p[0]), y=float(p[1]), yaw=self.track.heading_at(s), speed=speed)
         self.proj = self.track.project(self.car.x, self.car.y, self.car.yaw, s_hint=s)
 
-    def _cars(self, camera: Camera, x: float | None = None, y: float | None = None):
+    def visible_cars(self, camera: Camera, x: float | None = None, y: float | None = None):
         """The other cars a camera at (x, y) (our car by default) may see; None without traffic."""
         if self.traffic is None:
             return None
@@ -377,7 +377,7 @@ class DriveEnv(gym.Env):
             self._world_cam = Camera(self.track, wcfg, self.cfg.car.length_m, self.cfg.car.width_m,
                                      self.cfg.car.wheelbase_m)
         self._world_cam.set_palette(self.palette)
-        pic = self._world_cam.render(self.car.x, self.car.y, self.car.yaw, self._cars(self._world_cam)).copy()
+        pic = self._world_cam.render(self.car.x, self.car.y, self.car.yaw, self.visible_cars(self._world_cam)).copy()
         obs = self._obs
         scale = max(1, int(size * 0.3) // max(obs.shape[:2]))
         inset = np.repeat(np.repeat(obs, scale, 0), scale, 1)
@@ -390,7 +390,7 @@ class DriveEnv(gym.Env):
         return pic
 
     def _observe(self) -> np.ndarray:
-        frame = self.camera.render(self.car.x, self.car.y, self.car.yaw, self._cars(self.camera))
+        frame = self.camera.render(self.car.x, self.car.y, self.car.yaw, self.visible_cars(self.camera))
         self._obs = self._gauge(self._looked(frame))
         return self._obs
 

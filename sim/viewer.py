@@ -353,7 +353,7 @@ class DriveViewer:
             self._cam_key = key
             self._minimap = None
         self._cam.set_palette(e.palette)
-        return self._cam.render(e.car.x, e.car.y, e.car.yaw)
+        return self._cam.render(e.car.x, e.car.y, e.car.yaw, e.visible_cars(self._cam))
 
     def _inset(self, rgb: np.ndarray, label: str) -> None:
         h, w = rgb.shape[:2]

@@ -240,3 +240,76 @@ def test_eval_of_the_expert_in_traffic_reports_collisions_and_overtakes(tmp_path
     assert s["overtakes"] >= 2 and row["overtakes_per_lap"][0] >= 2
     assert "overtakes" in format_table(report)
     assert (tmp_path / "plots").is_dir() and any((tmp_path / "plots").iterdir())
+
+
+# -- the policy's steering head -------------------------------------------------------------------
+def test_bins_head_keeps_one_of_two_answers_where_mse_averages_them():
+    """The same frames labelled half 'pass left' (-0.6) and half 'pass right' (+0.6): the MSE
+    network learns the average, straight into the car; the bins head learns both and drives one."""
+    import torch
+
+    from agent.model import build_model, steering_loss
+    from sim.render import CameraConfig
+
+    torch.manual_seed(0)
+    cam = CameraConfig(width=64, height=64)
+    x = torch.rand(1, 3, 64, 64).repeat(64, 1, 1, 1)
+    y = torch.where(torch.arange(64)[:, None] % 2 == 0, -0.6, 0.6)
+    answers = {}
+    for arch in ("small", "small-bins"):
+        net = build_model(arch, cam)
+        opt = torch.optim.Adam(net.parameters(), 3e-3)
+        net.train()
+        for _ in range(150):
+            opt.zero_grad()
+            steering_loss(net(x), y).backward()
+            opt.step()
+        net.eval()
+        with torch.no_grad():
+            answers[arch] = float(net(x[:1])[0, 0])
+    assert abs(answers["small"]) < 0.15
+    assert abs(abs(answers["small-bins"]) - 0.6) < 0.1
+
+
+# -- play and watch -------------------------------------------------------------------------------
+def test_the_window_shows_the_other_cars():
+    """The pygame viewer of `play` and `watch` (dummy video driver): a car 15 m ahead is on screen
+    in its own colour, in the world view above our car."""
+    from sim.viewer import DriveViewer, Hud
+
+    env = DriveEnv(track="procedural:1", task="traffic", off_track="recover")
+    obs, info = env.reset(seed=0)
+    env.traffic.s[0] = env.proj.s + 15.0
+    env.traffic.motion[0] = (0.0, 0.0, 0.0, 0.0)
+    env.traffic._version += 1
+    env.traffic._view.clear()
+    obs = env._observe()
+    viewer = DriveViewer()
+    try:
+        viewer.draw(env, info, obs, Hud(recording=True))
+        world = viewer.screenshot()[:, :viewer.world_px]
+    finally:
+        viewer.close()
+    colour = env.palette[TRAFFIC_BODY + int(env.traffic.colour[0])]
+    rows = np.nonzero(np.all(world == colour, axis=-1))[0]
+    assert rows.size > 50 and rows.mean() < 0.7 * viewer.world_px  # ahead: above our car (at 0.7)
+
+
+def test_play_task_traffic_records_drives_of_that_task(tmp_path):
+    import pygame
+
+    from data.play import play
+    from data.recording import read_drive
+
+    ticks = []
+
+    def person(obs, info):
+        ticks.append(info["time"])
+        if len(ticks) == 40:
+            pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_ESCAPE))
+
+    cfg = EnvConfig(track="procedural:0", task="traffic", off_track="recover")
+    result = play(cfg, tmp_path / "drives", input_name="keyboard", realtime=False, person=person)
+    drive = read_drive(result.drives[0])
+    assert EnvConfig.from_dict(drive.meta["env"]).task == "traffic"
+    assert len(drive) == 39
