@@ -32,6 +32,7 @@ EXAMPLES = """examples:
   python run_drive.py watch --model data/models/pilot --track challenge:0-9 --laps 1 --speed 4
   python run_drive.py watch --model data/models/pilot.onnx      # an exported policy, in onnxruntime
   python run_drive.py watch --model data/models/race --task race --track challenge:3   # Up/Down: pedal
+  python run_drive.py watch --model data/models/traffic --task traffic --track procedural:1000   # other cars
 
 keys: T or Space take over / give back (a steering key also takes over), arrows or A/D steer while you
       drive, + and - speed up / slow down (1x..8x), P pause, R restart the lap, Esc quit.
@@ -77,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--saliency", action="store_true", help="show what the network looks at in the inset")
     parser.add_argument("--randomise-palette", action="store_true", help="new colours on every track")
     add_latency_argument(parser)
-    parser.add_argument("--task", choices=TASKS, help="check the policy's task (its card says it: lane or race)")
+    parser.add_argument("--task", choices=TASKS, help="check the policy's task (its card says it: lane, race or traffic)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -317,13 +317,11 @@ class DriveEnv(gym.Env):
         self.car = CarState(x=float(p[0]), y=float(p[1]), yaw=self.track.heading_at(s), speed=speed)
         self.proj = self.track.project(self.car.x, self.car.y, self.car.yaw, s_hint=s)
 
-    def visible_cars(self, camera: Camera, x: float | None = None, y: float | None = None):
-        """The other cars a camera at (x, y) (our car by default) may see; None without traffic."""
+    def visible_cars(self, camera: Camera):
+        """The other cars `camera` (on our car) may see; None without traffic."""
         if self.traffic is None:
             return None
-        x = self.car.x if x is None else x
-        y = self.car.y if y is None else y
-        idx = self.traffic.in_view(x, y, camera.view_radius_m())
+        idx = self.traffic.in_view(self.car.x, self.car.y, camera.view_radius_m())
         return self.traffic.boxes(idx) if idx.size else None
 
     def ego_corners(self) -> np.ndarray:

@@ -54,7 +54,7 @@ def test_preprocess_shape_range_and_single_frame():
 @pytest.mark.parametrize("camera", ["birdseye", "pilotnet", "birdseye:128x64"])
 def test_model_output_shape_and_range(arch, camera):
     cam = camera_from_name(camera)
-    model = build_model(arch, cam)
+    model = build_model(arch, cam).eval()  # a -bins head gives its logits in training mode
     x = to_tensor(_frames(5, cam.height, cam.width))
     with torch.no_grad():
         y = model(x * 50.0)  # saturate: tanh keeps it in range
