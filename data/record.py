@@ -306,7 +306,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for the noise and palettes (default 0)")
     add_latency_argument(parser)
     parser.add_argument("--task", default="lane", choices=TASKS,
-                        help="lane (steering at cruise speed, default) or race (steering and throttle)")
+                        help="lane (steering at cruise speed, default), race (steering and throttle) "
+                        "or traffic (other cars on the road; the expert overtakes them)")
     parser.add_argument("--chunk-steps", type=int, default=100, help=argparse.SUPPRESS)
 
 
