@@ -41,18 +41,15 @@ def check_documented(obj: dict, keys: dict[str, str], optional: set[str] = froze
             assert isinstance(value, TYPES[keys[key]]), (key, value)
 
 
-def test_benchmark_json_has_the_documented_format():
+def test_benchmark_json_has_the_documented_format(tmp_path):
     top = documented_keys("Top-level keys:")
     per_level = documented_keys("Keys of each level:")
     assert f"`{PROTOCOL}`" in DOC.read_text()
     levels = ["real", "look-noise", "latency-100ms"]
-    out = ROOT / ".pytest_benchmark.json"
-    try:
-        r = run_cli("benchmark", "--expert", "--quick", "--levels", ",".join(levels), "--json", str(out))
-        assert r.returncode == 0, r.stderr
-        report = json.loads(out.read_text())
-    finally:
-        out.unlink(missing_ok=True)
+    out = tmp_path / "ladder.json"
+    r = run_cli("benchmark", "--expert", "--quick", "--levels", ",".join(levels), "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
     check_documented(report, top, optional={"latency_sweep"})
     assert report["protocol"] == PROTOCOL and report["task"] == "lane" and report["quick"] is True
     assert report["complete"] is False  # some levels only
