@@ -98,7 +98,8 @@ assert set(LADDERS) == set(TASKS)
 
 LEVEL_KEYS = ("laps_attempted", "laps_completed", "completion_rate", "autonomy_pct", "mean_abs_cte_m",
               "route_completion", "off_track_per_km")
-TASK_KEYS = ("mean_lap_time_ratio", "collisions", "collisions_per_km")  # where the task's eval reports them
+# the task's own figures, from what its `eval` reports
+TASK_KEYS = {"lane": (), "race": ("mean_lap_time_ratio",), "traffic": ("collisions", "collisions_per_km")}
 
 
 def level_score(row: dict) -> float:
@@ -111,11 +112,11 @@ def level_score(row: dict) -> float:
     return float(score)
 
 
-def _summary_row(level: Level, tracks: str, latency_ms: float, summary: dict) -> dict:
+def _summary_row(level: Level, task: str, tracks: str, latency_ms: float, summary: dict) -> dict:
     row = {"name": level.name, "description": level.description, "tracks": tracks, "laps": level.laps,
            "seed": level.seed, "latency_ms": latency_ms, "look": level.look}
     row.update({k: summary[k] for k in LEVEL_KEYS})
-    row.update({k: summary[k] for k in TASK_KEYS if k in summary})
+    row.update({k: summary.get(k) for k in TASK_KEYS[task]})
     row["score"] = level_score(row)
     return row
 
@@ -162,7 +163,7 @@ def run_benchmark(driver, *, quick: bool = False, levels: str | None = None, wor
         tracks = level.quick_tracks if quick else level.tracks
         latency = level.latency_ms + extra_latency_ms
         summary = drive(tracks, level.laps, level.seed, latency, level.look, level.name)
-        rows.append(_summary_row(level, tracks, latency, summary))
+        rows.append(_summary_row(level, task, tracks, latency, summary))
     report = {
         "protocol": PROTOCOL,
         "task": task,
@@ -197,13 +198,13 @@ def _num(v, fmt: str = "{:.2f}") -> str:
 
 def level_table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the level table (terminal and Markdown), with the task's own columns."""
-    extra = [k for k in TASK_KEYS if any(k in r for r in report["levels"])]
+    extra = list(TASK_KEYS[report["task"]])
     headers = ["level", "tracks", "clean laps", "completion", "autonomy", "mean |cte| m", *extra, "score"]
     rows = []
     for r in report["levels"]:
         rows.append([r["name"], r["tracks"], f"{r['laps_completed']}/{r['laps_attempted']}", _pct(r["completion_rate"]),
                      _num(r["autonomy_pct"], "{:.1f}%"), _num(r["mean_abs_cte_m"]),
-                     *[_num(r.get(k)) for k in extra], f"{r['score']:.2f}"])
+                     *[_num(r.get(k), "{:.0f}" if k == "collisions" else "{:.2f}") for k in extra], f"{r['score']:.2f}"])
     return headers, rows
 
 
