@@ -220,14 +220,14 @@ def _build_entry(root: Path, key: str, folder: Path, meta: dict) -> Drive | None
     h = _digest()
     warnings: list[str] = []
     cols: dict[str, list[np.ndarray]] = {k: [] for k in LABEL_KEYS + STATE_KEYS}
-    shape: list[int] = []
+    shape: list[int] = []  # (frames, height, width, 3), known once the chunks are read
 
     def write(f) -> None:
         n = 0
         for chunk in iter_chunks(folder, frames=True, warnings=warnings,
                                  on_bytes=lambda path, blob: _feed(h, path.name, blob)):
             frames = chunk["frames"]
-            shape[1:] = frames.shape[1:]
+            shape[:] = [0, *frames.shape[1:]]
             f.write(np.ascontiguousarray(frames).data)
             for k in cols:
                 cols[k].append(chunk[k])

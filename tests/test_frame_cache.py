@@ -50,6 +50,15 @@ def same_drive(cached, raw) -> None:
     assert cached.warnings == raw.warnings
 
 
+def test_a_drive_of_one_chunk_is_cached_with_its_frames_whole(tmp_path):
+    drive = record(tmp_path / "short", steps=30)  # under 5 s of driving: a single chunk
+    assert len(chunk_paths(drive)) == 1
+    raw = read_drive(drive)
+    cached, built = cached_drive(drive, tmp_path / "cache")
+    assert built
+    same_drive(cached, raw)
+
+
 def test_the_cache_gives_exactly_the_frames_and_labels_read_drive_gives(drive, tmp_path):
     raw = read_drive(drive)
     cached, built = cached_drive(drive, tmp_path)
