@@ -352,12 +352,21 @@ def bench_torch(seconds: float, camera: str, device: str) -> dict:
 def bench_data(data_dir: str, samples: int) -> dict:
     """Samples/s of `FrameDataset` (+ collate) with the frames decoded in RAM and read from the frame
     cache, interleaved batch by batch so both see the same machine load; the same random samples,
-    first reads of each frame included, with and without the default augmentation."""
+    first reads of each frame included, with and without the default augmentation. With the default
+    augmentation, also train frames/s: each batch followed by a PilotNet training step (1 thread)."""
+    import torch
+    import torch.nn.functional as F
+
     from agent.dataset import NO_AUGMENT, AugmentConfig, FrameDataset, collate, load_drives
+    from agent.model import build_model
 
     with open(os.devnull, "w") as quiet:
         sets = {"ram": load_drives(data_dir, cache=False, stream=quiet), "cache": load_drives(data_dir, stream=quiet)}
     res: dict = {"frames": sets["ram"].frames, "samples": samples}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = build_model("pilotnet", sets["ram"].env.camera)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
     for name, aug in (("no_augment", NO_AUGMENT), ("augment", AugmentConfig())):
         ds = {k: FrameDataset(v.drives, v.env, aug) for k, v in sets.items()}
         idx = np.random.default_rng(1).integers(0, len(ds["ram"]), samples)
@@ -365,13 +374,24 @@ def bench_data(data_dir: str, samples: int) -> dict:
         if not bool((first[0] == first[1]).all()):  # the two sides must do the same work
             raise RuntimeError(f"{data_dir}: the frame cache gave other samples than the decoded drives")
         spent = {"ram": 0.0, "cache": 0.0}
+        trained = {"ram": 0.0, "cache": 0.0}
         for b, start in enumerate(range(0, samples, 64)):
             for side in ("ram", "cache") if b % 2 else ("cache", "ram"):
                 t = time.perf_counter()
-                collate([ds[side][int(i)] for i in idx[start:start + 64]])
+                x, y = collate([ds[side][int(i)] for i in idx[start:start + 64]])
                 spent[side] += time.perf_counter() - t
+                if name == "augment":
+                    t = time.perf_counter()
+                    loss = F.mse_loss(model(x), y[:, :1])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    trained[side] += time.perf_counter() - t
         for side, s in spent.items():
             res[f"{name}_{side}_samples_per_s"] = samples / s
+            if name == "augment":
+                res[f"train_{side}_frames_per_s"] = samples / (s + trained[side])
+    torch.set_num_threads(threads)
     return res
 
 
@@ -457,6 +477,9 @@ def main(args) -> int:
             ram, cache = d[f"{name}_ram_samples_per_s"], d[f"{name}_cache_samples_per_s"]
             rows += [[f"training samples/s, {what}, {d['frames']:,} frames: in RAM / frame cache",
                       f"{ram:,.0f} / {cache:,.0f} ({cache / ram:.2f}x)"]]
+        ram, cache = d["train_ram_frames_per_s"], d["train_cache_frames_per_s"]
+        rows += [["train frames/s (those batches + a pilotnet step, cpu, 1 thread): in RAM / frame cache",
+                  f"{ram:,.1f} / {cache:,.1f} ({cache / ram:.2f}x)"]]
     print(table(["measure", "value"], rows, title="\nE2E Drive bench"))
     for note in (e.get("carracing_note"), m.get("note"), res.get("torch", {}).get("onnxruntime_note")):
         if note:

@@ -218,6 +218,7 @@ def test_bench_times_training_samples_from_ram_and_from_the_cache_on_the_same_sa
     assert res["frames"] == 120
     for name in ("augment", "no_augment"):
         assert res[f"{name}_ram_samples_per_s"] > 0 and res[f"{name}_cache_samples_per_s"] > 0
+    assert 0 < res["train_cache_frames_per_s"] < res["augment_cache_samples_per_s"]
 
 
 def test_a_drive_another_process_is_caching_is_waited_for_not_built_twice(drive, tmp_path):
