@@ -296,13 +296,20 @@ def split_by_drive(n_drives: int, val_fraction: float = 0.15, seed: int = 0) -> 
     return sorted(int(i) for i in order[n_val:]), sorted(int(i) for i in order[:n_val])
 
 
-def balance_weights(labels: np.ndarray, bins: int = 15, power: float = 0.7) -> np.ndarray:
+def balance_weights(labels: np.ndarray, bins: int = 15, power: float = 0.7, speeds: np.ndarray | None = None,
+                    max_speed: float = 1.0, speed_bins: int = 10) -> np.ndarray:
     """Sampling weights that lift the rare curve frames against the many straight ones: inverse
     frequency of the |steering| histogram, softened by `power` (0 = no balancing, 1 = flat). Labels
-    (n, 2) of the race task are balanced by their steering column."""
+    (n, 2) of the race task are balanced by their steering column and, given `speeds`, jointly by the
+    speed too (in `speed_bins` up to `max_speed`): the rare launches from a standstill and the slow
+    hairpins are lifted against the many frames at full throttle."""
     labels = labels[:, 0] if labels.ndim == 2 else labels
     mag = np.clip(np.abs(labels), 0, 1)
     idx = np.minimum((mag * bins).astype(int), bins - 1)
+    if speeds is not None:
+        fast = np.clip(np.asarray(speeds, np.float64) / max_speed, 0, 1)
+        idx = idx * speed_bins + np.minimum((fast * speed_bins).astype(int), speed_bins - 1)
+        bins *= speed_bins
     counts = np.bincount(idx, minlength=bins).astype(np.float64)
     w = (1.0 / np.maximum(counts[idx], 1.0)) ** power
     return w / w.sum()
@@ -378,9 +385,12 @@ class FrameDataset(torch.utils.data.Dataset):
         self.index = np.asarray(index, np.int64).reshape(-1, 2)
         if len(self.index):
             starts = np.cumsum([0] + [len(d) for d in self.drives])
-            self.labels = np.concatenate([d.labels for d in self.drives])[starts[self.index[:, 0]] + self.index[:, 1]]
+            at = starts[self.index[:, 0]] + self.index[:, 1]
+            self.labels = np.concatenate([d.labels for d in self.drives])[at]
+            self.speeds = np.concatenate([d.pose[:, 3] for d in self.drives])[at]
         else:
             self.labels = np.zeros(0, np.float32)
+            self.speeds = np.zeros(0)
         cam = env.camera
         self.noise = noise_bank((cam.height, cam.width), augment.noise_std, seed)
         self._cameras: OrderedDict[int, Camera] = OrderedDict()  # least recently used first

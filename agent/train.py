@@ -460,7 +460,10 @@ def load_data(run: Run) -> TrainData:
     val_drives = [data.drives[i] for i in val_ids]
     train_ds = FrameDataset(train_drives, data.env, cfg.augment, seed=cfg.seed)
     val_ds = FrameDataset(val_drives, data.env, NO_AUGMENT, index=val_index(val_drives)) if val_drives else None
-    sampler = BalancedSampler(balance_weights(train_ds.labels, power=cfg.balance), cfg.epoch_frames or len(train_ds),
+    race = data.env.task == "race"  # race: balance the speeds too (launches and hairpins are rare)
+    weights = balance_weights(train_ds.labels, power=cfg.balance, speeds=train_ds.speeds if race else None,
+                              max_speed=data.env.race_car.max_speed_mps)
+    sampler = BalancedSampler(weights, cfg.epoch_frames or len(train_ds),
                               seed=cfg.seed, rank=run.ranks.rank, world=run.ranks.world)
     return TrainData(data, train_drives, val_drives, train_ds, val_ds, sampler)
 
