@@ -135,3 +135,15 @@ def test_eval_expert_race_cli_reports_lap_times(race_drives, tmp_path):
     assert "lap time ratio" in r.stdout
     assert report["summary"]["mean_lap_time_ratio"] == pytest.approx(1.0)
     assert ExpertDriver("race").env_config().task == "race"
+
+
+def test_race_sampling_lifts_the_rare_standing_starts():
+    from agent.dataset import balance_weights
+
+    labels = np.zeros((1000, 2), np.float32)
+    speeds = np.full(1000, 30.0)
+    speeds[:20] = 0.0  # 2% of the frames launch from a standstill
+    plain = balance_weights(labels, power=0.7)
+    balanced = balance_weights(labels, power=0.7, speeds=speeds, max_speed=34.0)
+    assert plain[:20].sum() == pytest.approx(0.02)
+    assert balanced[:20].sum() > 0.2  # lifted more than tenfold, softened by the power
