@@ -110,7 +110,7 @@ def gradient_maps(model: nn.Module, frames: np.ndarray, device: str | torch.devi
     with torch.inference_mode(False), torch.enable_grad():
         x = torch.from_numpy(preprocess(frames)).to(device).requires_grad_(True)
         out = model(x)
-        (grad,) = torch.autograd.grad(out.sum(), x)
+        (grad,) = torch.autograd.grad(out[:, 0].sum(), x)  # the steering's gradient (race: not the throttle)
     g = grad.abs().amax(dim=1).float().cpu().numpy()
     if blur_px > 0:
         g = np.stack([cv2.GaussianBlur(m, (0, 0), blur_px) for m in g])
@@ -205,8 +205,10 @@ def grid_image(frames: np.ndarray, maps: dict[str, np.ndarray], labels: np.ndarr
         for j, p in enumerate(panels):
             xj = x0 + j * (w + gap)
             img[y0:y0 + h, xj:xj + w] = cv2.resize(p, (w, h), interpolation=cv2.INTER_NEAREST)
-        label = "-" if not np.isfinite(labels[i]) else f"{labels[i]:+.2f}"
-        cv2.putText(img, f"label {label}  predicted {preds[i]:+.2f}", (x0 + 2, y0 + h + 14), font, 0.45,
+        steer = float(np.asarray(labels[i]).reshape(-1)[0])  # race labels: steering first, then throttle
+        pred = float(np.asarray(preds[i]).reshape(-1)[0])
+        label = "-" if not np.isfinite(steer) else f"{steer:+.2f}"
+        cv2.putText(img, f"label {label}  predicted {pred:+.2f}", (x0 + 2, y0 + h + 14), font, 0.45,
                     (20, 20, 20), 1, cv2.LINE_AA)
         if titles:
             cv2.putText(img, titles[i][:48], (x0 + 2, y0 + h + 29), font, 0.38, (90, 90, 90), 1, cv2.LINE_AA)
