@@ -147,3 +147,25 @@ def test_race_sampling_lifts_the_rare_standing_starts():
     balanced = balance_weights(labels, power=0.7, speeds=speeds, max_speed=34.0)
     assert plain[:20].sum() == pytest.approx(0.02)
     assert balanced[:20].sum() > 0.2  # lifted more than tenfold, softened by the power
+
+
+def test_saliency_of_a_two_output_policy_is_the_steering_s(race_drives):
+    """TensorBoard's validation picture and `saliency` work on race policies: the map is the steering's
+    gradient, the throttle output does not leak into it, and two-column labels are drawn."""
+    import torch
+
+    from agent.model import build_model
+    from agent.preprocess import preprocess
+    from agent.saliency import grid_image, saliency_maps
+
+    data = load_drives(race_drives / "drives", stream=open("/dev/null", "w"))
+    frames = data.drives[0].frames[:4]
+    torch.manual_seed(0)
+    model = build_model("small", data.env.camera, 2).eval()
+    maps, preds = saliency_maps(model, frames)
+    x = torch.from_numpy(preprocess(frames)).requires_grad_(True)
+    steer_grad = torch.autograd.grad(model(x)[:, 0].sum(), x)[0].abs().amax(dim=1).numpy()
+    assert preds.shape == (4,) and np.allclose(preds, model(torch.from_numpy(preprocess(frames)))[:, 0].detach())
+    assert np.corrcoef(maps.ravel(), steer_grad.ravel())[0, 1] > 0.5
+    img = grid_image(frames, {"gradient": maps}, data.drives[0].labels[:4], preds, cols=2)
+    assert img.ndim == 3 and img.shape[2] == 3
