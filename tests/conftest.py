@@ -24,6 +24,21 @@ if "E2E_DRIVE_CACHE" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["E2E_DRIVE_CACHE"], True)
 
 
+@pytest.fixture
+def untrained_policy(tmp_path):
+    """A small network with seeded random weights, saved and loaded as a user's policy: for tests of
+    the machinery around a policy (windows, ladders), not of what it learned."""
+    import torch
+
+    from agent.model import build_model, load_policy, save_policy
+    from sim.env import EnvConfig
+
+    torch.manual_seed(0)
+    cfg = EnvConfig()
+    save_policy(tmp_path / "policy", build_model("small", cfg.camera), {"arch": "small", "env": cfg.to_dict()})
+    return load_policy(tmp_path / "policy")
+
+
 # -- one small trained policy, shared by the outcome tests ----------------------------------------
 LEARN_CAMERA = "birdseye:48x48"  # a quarter of the default's pixels: the same task, 4x cheaper to learn
 

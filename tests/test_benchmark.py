@@ -7,13 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-
 from agent.benchmark import LADDERS, PROTOCOL, Level, run_benchmark, write_report
 from agent.drive import PolicyDriver
-from agent.model import build_model, load_policy, save_policy
-from sim.env import EnvConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmark.md"
@@ -80,18 +75,10 @@ def test_unknown_level_is_one_clear_line():
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "moon" in r.stderr and "procedural" in r.stderr
 
 
-@pytest.fixture
-def tiny_policy(tmp_path):
-    torch.manual_seed(0)
-    cfg = EnvConfig()
-    save_policy(tmp_path / "policy", build_model("small", cfg.camera), {"arch": "small", "env": cfg.to_dict()})
-    return load_policy(tmp_path / "policy")
-
-
-def test_a_policy_scores_the_same_twice_and_gets_a_report(tiny_policy, tmp_path):
+def test_a_policy_scores_the_same_twice_and_gets_a_report(untrained_policy, tmp_path):
     ladder = [Level("short", "a short track, late and noisy", "procedural:0", "procedural:0", seed=3,
                     latency_ms=100, look="noise")]
-    runs = [run_benchmark(PolicyDriver(policy=tiny_policy), quick=True, ladder=ladder, show_progress=False)
+    runs = [run_benchmark(PolicyDriver(policy=untrained_policy), quick=True, ladder=ladder, show_progress=False)
             for _ in range(2)]
     assert runs[0]["levels"] == runs[1]["levels"] and runs[0]["score"] == runs[1]["score"]
     level = runs[0]["levels"][0]

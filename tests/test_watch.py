@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pygame
 import pytest
-import torch
 from scripted_person import ScriptedPerson
 
-from agent.model import build_model, load_policy, save_policy
 from agent.watch import watch
 from sim import EnvConfig, load_track
 
@@ -20,11 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def policy(tmp_path):
-    torch.manual_seed(0)
-    cfg = EnvConfig()
-    save_policy(tmp_path / "policy", build_model("small", cfg.camera), {"arch": "small", "env": cfg.to_dict()})
-    return load_policy(tmp_path / "policy")
+def policy(untrained_policy):
+    return untrained_policy
 
 
 def post(kind, key):
