@@ -10,7 +10,8 @@ to whole control steps (50 ms at 20 Hz); until then the car obeys the actions gi
 at the start of an episode). Only the action is delayed: the observation is always the current frame.
 Looks (`look`, sim/looks.py): appearance training never saw (held-out palettes, noise, blur, shadows,
 dusk), applied to the camera frame after the render and seeded by the reset seed. Reward: metres of progress along the track / 10,
-and -10 for leaving it. `info` carries what evaluation and recording need; a policy must not read it.
+and -10 on every step the car is off the road (once in `terminate` and `recover`, which end or undo
+it; each step in `continue`), and -`collision_penalty` per collision in `traffic`. `info` carries what evaluation and recording need; a policy must not read it.
 """
 
 from __future__ import annotations
