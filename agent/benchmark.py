@@ -274,7 +274,8 @@ def write_report(folder: str | os.PathLike, report: dict) -> Path:
     lines = [f"# Benchmark: {who}", "",
              f"Protocol `{report['protocol']}`, task `{report['task']}`"
              f"{', quick ladder' if report['quick'] else ''}{'' if report['complete'] else ', some levels only'}. "
-             f"Score **{report['score']:.1f}** (100 x the mean level score; a level's score is its clean-lap rate).", "",
+             f"Score **{report['score']:.1f}** (100 x the mean level score; a level's score is its clean-lap rate"
+             f"{', times min(1, 1 / lap-time ratio)' if report['task'] == 'race' else ''}).", "",
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     lines += ["", "![levels](levels.png)", ""]
