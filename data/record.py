@@ -6,6 +6,10 @@ wanders off the centre line and the labels show how to come back: the recovery d
 cloning needs (a policy trained on perfect centre-line driving has never seen its own mistakes).
 In the race task the throttle gets its own perturbation the same way: the car runs too fast or too
 slow for the track ahead, and the throttle labels show how the expert brakes or accelerates back.
+That drift moves the speed by a metre per second or so; now and then the race car also holds a random
+pedal for a second or two (`PedalExcursions`): braked to a crawl in the middle of a lap, or on full
+throttle into a corner, so the data holds what a policy's own speed mistakes lead to (a standstill to
+launch from, a corner taken too fast) with the expert's answer as the label.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -83,6 +87,38 @@ class SteeringNoise:
 
 
 @dataclass(frozen=True)
+class PedalExcursionConfig:
+    """Race only, at noise level 1 (the rate scales with the level): the pedal held at a random value."""
+
+    rate_hz: float = 0.5  # at the default noise 0.3: one excursion every ~7 s on average
+    hold_s: tuple[float, float] = (0.5, 2.5)  # how long the pedal is held (full braking for 2.5 s stops the car)
+    pedal: tuple[float, float] = (-1.0, 1.0)  # the held pedal: braking (< 0) or throttle
+
+
+class PedalExcursions:
+    """Now and then the executed pedal is replaced by a random one held for a while: the car ends up
+    far slower or faster than the expert's profile, which the small throttle drift never does."""
+
+    def __init__(self, level: float, rng: np.random.Generator, dt: float,
+                 cfg: PedalExcursionConfig = PedalExcursionConfig()):
+        self.level, self.rng, self.dt, self.cfg = float(level), rng, float(dt), cfg
+        self.left = 0.0
+        self.pedal = 0.0
+
+    def __call__(self, pedal: float) -> float:
+        """The pedal the car executes: `pedal` (the expert's, drifted), or the held excursion's."""
+        if self.level <= 0:
+            return pedal
+        if self.left <= 0 and self.rng.random() < self.level * self.cfg.rate_hz * self.dt:
+            self.left = float(self.rng.uniform(*self.cfg.hold_s))
+            self.pedal = float(self.rng.uniform(*self.cfg.pedal))
+        if self.left > 0:
+            self.left -= self.dt
+            return self.pedal
+        return pedal
+
+
+@dataclass(frozen=True)
 class DriveResult:
     path: str
     track: str
@@ -143,12 +179,14 @@ def record_one(spec: str, laps: int, folder: str, env_cfg: EnvConfig, noise: flo
     rng = np.random.default_rng(seed)
     perturb = SteeringNoise(noise, rng, env_cfg.car.dt)
     perturb_throttle = SteeringNoise(noise, rng, env_cfg.car.dt)  # race only: the same kind of drift
+    excursions = PedalExcursions(noise, rng, env_cfg.car.dt)  # race only: far off the speed profile
     race = env_cfg.task == "race"
     obs, info = env.reset(seed=seed, options={"track": spec})
     meta = {
         "source": "autopilot",
         "driver": {"kind": "expert", "noise": noise, "noise_process": NoiseConfig().__dict__, "seed": seed,
-                   "throttle_noise": race},
+                   "throttle_noise": race,
+                   **({"pedal_excursions": asdict(PedalExcursionConfig())} if race else {})},
         "task": env_cfg.task,
         "track": spec,
         "track_length_m": float(env.unwrapped.track.length),
@@ -169,7 +207,8 @@ def record_one(spec: str, laps: int, folder: str, env_cfg: EnvConfig, noise: flo
                 last_reported = len(w)
                 if parent_pid is not None and os.getppid() != parent_pid:
                     raise _Orphaned(folder)  # the writer keeps the chunks, marks the drive unfinished
-            action = [executed] + ([float(np.clip(throttle + perturb_throttle(), -1.0, 1.0))] if race else [])
+            action = [executed] + ([excursions(float(np.clip(throttle + perturb_throttle(), -1.0, 1.0)))]
+                                   if race else [])
             obs, _reward, terminated, truncated, info = env.step(np.array(action, np.float32))
             if terminated or truncated:
                 # The final state gets its label too: it is a valid (frame, steering) pair.
@@ -297,7 +336,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--laps", type=int, default=1, help="laps per track (default 1)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the drives (one sub-folder per track)")
     parser.add_argument("--noise", type=float, default=0.3,
-                        help="steering noise injection 0.0-1.0; labels stay the expert's (default 0.3)")
+                        help="noise injection 0.0-1.0 (steering; in the race task the throttle too, with "
+                        "pedal excursions); labels stay the expert's (default 0.3)")
     parser.add_argument("--randomise-palette", action="store_true", help="new colours for every drive")
     parser.add_argument("--workers", type=int, default=None,
                         help="parallel processes (default min(2, CPU count))")

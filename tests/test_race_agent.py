@@ -19,6 +19,7 @@ from agent.watch import watch
 from data.inspect import inspect_drives
 from data.record import record_autopilot
 from data.recording import read_drive
+from sim.track import load_track
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,6 +58,31 @@ def test_race_autopilot_records_throttle_labels_with_noise(race_drives):
     stats, _ = inspect_drives(race_drives / "drives")  # `inspect` shows throttle and speed histograms
     assert sum(stats[0]["throttle_histogram"]["counts"]) == len(drive) and stats[0]["throttle_histogram"]["counts"][-1]
     assert sum(stats[0]["speed_kmh_histogram"]["counts"]) == len(drive) and stats[0]["mean_speed_kmh"] > 30
+
+
+def test_race_recording_leaves_the_speed_profile_and_labels_the_way_back(tmp_path):
+    """Pedal excursions put the car far off the expert's speed mid-lap (braked to a crawl, or too fast),
+    states a policy's own speed mistakes lead to and the small throttle drift never reaches (without
+    them this lap has neither); the labels there are the expert's way back (full throttle from a crawl,
+    braking when too fast)."""
+    from sim.env import EnvConfig
+    from sim.expert import RaceExpert
+
+    record_autopilot("procedural:1", 1, tmp_path / "d", noise=0.3, workers=1, task="race", verbose=False)
+    drive = read_drive(next((tmp_path / "d").iterdir()))
+    assert drive.meta["driver"]["pedal_excursions"]["rate_hz"] > 0
+    expert, car, track = RaceExpert(), EnvConfig(task="race").race_car, load_track("procedural:1")
+    st, thr = drive.state, drive.throttle
+    slow = fast = 0
+    for i in range(100, len(drive)):  # after the standing start
+        target = expert.target_speed(track, car, float(st["s"][i]), float(st["speed"][i]))
+        if st["speed"][i] < 0.5 * target:
+            slow += 1
+            assert thr[i] == pytest.approx(1.0)
+        elif st["speed"][i] > target + 2.0:
+            fast += 1
+            assert thr[i] < -0.5
+    assert slow > 20 and fast > 20, (slow, fast)
 
 
 def test_two_output_policy_learns_the_throttle(race_drives, tmp_path):
