@@ -425,14 +425,41 @@ class FrameDataset(torch.utils.data.Dataset):
         return cam
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        di, fi = self.index[i]
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The samples at `indices`, exactly as `self[i]` for each: what a DataLoader asks for a batch.
+        The recorded frames the batch needs are read together, drive by drive (`FrameStore` reads
+        them in file order, one system call per run of neighbouring frames), instead of one read per
+        sample; samples re-rendered from a shifted pose read no frame at all."""
+        plans = [self._plan(int(i)) for i in indices]
+        need: dict[int, list[int]] = {}  # drive -> positions in the batch that need its recorded frame
+        for k, (di, _fi, frame, *_rest) in enumerate(plans):
+            if frame is None:
+                need.setdefault(di, []).append(k)
+        frames: list = [p[2] for p in plans]
+        for di, ks in need.items():
+            store = self.drives[di].frames
+            if isinstance(store, FrameStore):  # on disk: the drive's frames of this batch in one go
+                for k, frame in zip(ks, store[np.array([plans[k][1] for k in ks], np.int64)]):
+                    frames[k] = frame
+            else:  # in memory: views, copied once when the batch is stacked
+                for k in ks:
+                    frames[k] = store[plans[k][1]]
+        return [self._finish(frame, *plan[3:]) for frame, plan in zip(frames, plans)]
+
+    def _plan(self, i: int):
+        """Everything sample `i` decides before its recorded frame is needed: (drive, frame, the frame
+        re-rendered from a shifted pose or None when the recorded one is used, labels, steering, rng)."""
+        di, fi = self.index[i].tolist()
         d = self.drives[di]
         labels = np.array(d.labels[fi], np.float32).reshape(-1)
         label = float(labels[0])  # the steering; a throttle label (race) rides along unchanged
         a = self.augment
         if a == NO_AUGMENT:
-            return d.frames[fi], labels
+            return di, fi, None, labels, label, None
         rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        frame = None  # the recorded frame, read only when used: a re-rendered sample needs none
         if d.track is not None and rng.random() < a.shift_prob:
             shift = rng.uniform(-a.max_shift_m, a.max_shift_m)
             rot = math.radians(rng.uniform(-a.max_rotate_deg, a.max_rotate_deg))
@@ -442,8 +469,14 @@ class FrameDataset(torch.utils.data.Dataset):
             if self.env.task == "race" and self.env.speed_gauge:
                 frame = draw_speed_gauge(frame, d.pose[fi, 3] / self.env.race_car.max_speed_mps)
             label = corrective_label(d.track, self.env, d.pose[fi], label, shift, rot, mode)
-        else:
-            frame = d.frames[fi]  # read only when used: a re-rendered sample needs no recorded frame
+        return di, fi, frame, labels, label, rng
+
+    def _finish(self, frame: np.ndarray, labels: np.ndarray, label: float,
+                rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+        """Mirror and photometric jitter (drawn from the sample's own rng, after `_plan`'s draws)."""
+        if rng is None:  # no augmentation
+            return frame, labels
+        a = self.augment
         if rng.random() < a.mirror_prob:
             frame = frame[:, ::-1]
             label = -label

@@ -237,3 +237,42 @@ def test_a_drive_another_process_is_caching_is_waited_for_not_built_twice(drive,
         release.join()
         assert built and time.monotonic() - t0 >= 0.4
     assert not cached_drive(drive, tmp_path, wait=False)[1]
+
+
+def test_a_batch_read_gives_exactly_the_frames_asked_for_in_their_order(drive, tmp_path, monkeypatch):
+    import data.frame_cache as fc
+
+    raw = read_drive(drive).frames
+    store = cached_drive(drive, tmp_path)[0].frames
+    rows = np.random.default_rng(3).integers(0, len(raw), 300)  # repeats, runs and jumps, any order
+    rows[:40] = np.arange(70, 30, -1)  # a run read backwards
+    monkeypatch.setattr(fc, "_RUN_FRAMES", 7)  # long runs split over several reads
+    assert np.array_equal(store[rows], raw[rows])
+    assert np.array_equal(store.subset(rows)[np.arange(299, -1, -3)], raw[rows][::-3])
+    assert np.array_equal(np.asarray(store), raw) and np.array_equal(store[17], raw[17])
+
+
+def test_a_batch_of_samples_is_read_together_and_equals_the_samples_one_by_one(drive, tmp_path):
+    io_file = Path("/proc/self/io")
+    cached = load_drives(drive, cache_dir=tmp_path)
+    mem = load_drives(drive, cache=False)
+    batch = [int(i) for i in np.random.default_rng(5).permutation(len(mem.drives[0]))[:64]]
+    for aug in (NO_AUGMENT, AugmentConfig()):
+        fc, fm = FrameDataset(cached.drives, cached.env, aug, seed=2), FrameDataset(mem.drives, mem.env, aug, seed=2)
+        together = fc.__getitems__(batch)
+        for i, (frame, label) in zip(batch, together):
+            for other in (fc[i], fm[i]):  # one sample at a time, from the cache and from RAM
+                assert np.array_equal(frame, other[0]) and np.array_equal(label, other[1])
+        if aug == NO_AUGMENT:
+            assert all(np.array_equal(f, mem.drives[0].frames[i]) for i, (f, _) in zip(batch, together))
+    if not io_file.exists():
+        return
+
+    def reads() -> int:
+        return int(dict(line.split(": ") for line in io_file.read_text().splitlines())["syscr"])
+
+    ds = FrameDataset(cached.drives, cached.env, NO_AUGMENT)
+    run = list(range(100, 36, -1))  # 64 neighbouring frames, asked in reverse: one read, not 64
+    before = reads()
+    ds.__getitems__(run)
+    assert reads() - before <= 3  # one preadv (+ the /proc read itself)
