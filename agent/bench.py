@@ -2,7 +2,8 @@
 
 E2EDrive-v0 steps/s against Gymnasium's CarRacing-v3 (same loop, same wrappers, alternating rounds)
 on one track and on the default config with frequent resets; reset times (first visit, revisit)
-against CarRacing-v3's; async vector envs' total steps/s for 1, 2, 4 and 8 envs; render-only
+against CarRacing-v3's; vector envs' total steps/s for 1, 2, 4 and 8 envs (gymnasium's async mode
+and our `DriveVectorEnv`, beside one plain env); render-only
 frames/s; peak memory over 20 tracks with random palettes; and (with torch) training frames/s and the
 policy's latency per frame at batch 1, in torch and in onnxruntime (exported as `export` does); with
 `--data`, training samples/s with the frames in RAM against the on-disk frame cache.
@@ -41,7 +42,7 @@ def add_arguments(p) -> None:
     p.add_argument("--camera", default="birdseye", help="camera preset for E2EDrive-v0 (default birdseye)")
     p.add_argument("--device", default="auto", help="device for the training measurement: auto, cpu, cuda, cuda:N")
     p.add_argument("--vector-envs", default=",".join(map(str, VECTOR_ENVS)), metavar="N,N,...",
-                   help="async vector env sizes to measure (default 1,2,4,8)")
+                   help="vector env sizes to measure, async and DriveVectorEnv (default 1,2,4,8)")
     p.add_argument("--skip-memory", action="store_true", help="skip the peak-memory run (20 tracks, ~10 s)")
     p.add_argument("--data", metavar="DIR", help="also time training samples from these drives: frames "
                    "in RAM against the frame cache, batch by batch (needs RAM for the frames)")
@@ -150,32 +151,43 @@ def bench_resets(rounds: int, camera: str, theirs) -> dict:
     return best
 
 
+def _vector_steps_per_second(vec, seconds: float, steering: float) -> float:
+    """Total steps/s of a vector env, every env steering `steering` (their resets included)."""
+    vec.reset(seed=0)
+    acts = np.zeros((vec.num_envs,) + vec.single_action_space.shape, np.float32)
+    acts[:, 0] = steering
+    for _ in range(20):
+        vec.step(acts)
+    n = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(10):
+            vec.step(acts)
+        n += 10 * vec.num_envs
+    return n / (time.perf_counter() - t0)
+
+
 def bench_vector(seconds: float, rounds: int, camera: str, counts: tuple[int, ...], steering: float) -> dict:
-    """Total steps/s of `gym.make_vec(..., vectorization_mode="async")` (observations in shared
-    memory) on the default config with a constant steering, so envs reset often; and of one plain
-    env the same way, measured in the same rounds. Best round of each."""
+    """Total steps/s on the default config with a constant steering (so envs reset often) of one
+    plain env and, for each count, of `gym.make_vec(..., vectorization_mode="async")` (gymnasium's
+    AsyncVectorEnv, observations in shared memory) and of `gym.make_vec(...)` (our DriveVectorEnv),
+    all measured in the same rounds. Best round of each."""
     import gymnasium as gym
 
     res = {"plain": 0.0, **{str(n): 0.0 for n in counts}}
+    ours = {str(n): 0.0 for n in counts}
     plain = gym.make("E2EDrive-v0", camera=camera)
     for _ in range(rounds):
         res["plain"] = max(res["plain"], _steps_per_second(plain, seconds, steering=steering))
         for n_envs in counts:
-            vec = gym.make_vec("E2EDrive-v0", num_envs=n_envs, vectorization_mode="async", camera=camera)
-            vec.reset(seed=0)
-            acts = np.zeros((n_envs,) + vec.single_action_space.shape, np.float32)
-            acts[:, 0] = steering
-            for _ in range(20):
-                vec.step(acts)
-            n = 0
-            t0 = time.perf_counter()
-            while time.perf_counter() - t0 < seconds:
-                vec.step(acts)
-                n += n_envs
-            res[str(n_envs)] = max(res[str(n_envs)], n / (time.perf_counter() - t0))
-            vec.close()
+            for mode, best in (("async", res), (None, ours)):
+                vec = gym.make_vec("E2EDrive-v0", num_envs=n_envs, vectorization_mode=mode, camera=camera)
+                try:
+                    best[str(n_envs)] = max(best[str(n_envs)], _vector_steps_per_second(vec, seconds, steering))
+                finally:
+                    vec.close()
     plain.close()
-    return res
+    return {"async": res, "drive_vector": ours}
 
 
 def bench_env(seconds: float, rounds: int, camera: str, vector_envs: tuple[int, ...] = VECTOR_ENVS,
@@ -216,9 +228,12 @@ def bench_env(seconds: float, rounds: int, camera: str, vector_envs: tuple[int, 
     else:
         res["carracing_note"] = f"CarRacing-v3 not measured ({why}); install Box2D with: pip install box2d"
 
-    vec = res["vector_steps_per_s"] = bench_vector(seconds, rounds, camera, vector_envs, RESET_STEERING)
+    both = bench_vector(seconds, rounds, camera, vector_envs, RESET_STEERING)
+    vec = res["vector_steps_per_s"] = both["async"]
+    ours = res["drive_vector_steps_per_s"] = both["drive_vector"]
     if "2" in vec:
         res["vector_ratio_2"] = vec["2"] / vec["plain"]
+        res["drive_vector_ratio_2"] = ours["2"] / vec["plain"]
         if "1" in vec:
             res["vector_scaling_2"] = vec["2"] / vec["1"]
 
@@ -450,12 +465,16 @@ def main(args) -> int:
     if "carracing" in r:
         rows += [["CarRacing-v3 reset (a new track each time), CPU ms", f"{r['carracing']:.1f}"]]
     for n, v in e["vector_steps_per_s"].items():
-        what = "one plain env (no vector env)" if n == "plain" else f"async vector env, {n} env{'s' * (n != '1')}"
+        what = ("one plain env (gym.make, no vector env)" if n == "plain"
+                else f"gym.make_vec(..., vectorization_mode='async'), {n} env{'s' * (n != '1')}")
         rows += [[f"{what}, total steps/s (default config, with resets)", f"{v:,.0f}"]]
+    for n, v in e["drive_vector_steps_per_s"].items():
+        rows += [[f"gym.make_vec(...) (DriveVectorEnv), {n} env{'s' * (n != '1')}, total steps/s", f"{v:,.0f}"]]
     if "vector_scaling_2" in e:
         rows += [["ratio async 2 envs / async 1 env", f"{e['vector_scaling_2']:.2f}x"]]
     if "vector_ratio_2" in e:
-        rows += [["ratio async 2 envs / 1 plain env, no vector env (with resets)", f"{e['vector_ratio_2']:.2f}x"]]
+        rows += [["ratio async 2 envs / 1 plain env (with resets)", f"{e['vector_ratio_2']:.2f}x"],
+                 ["ratio DriveVectorEnv 2 envs / 1 plain env (with resets)", f"{e['drive_vector_ratio_2']:.2f}x"]]
     rows += [["render only, frames/s", f"{e['render_frames_per_s']:,.0f}"]]
     m = e["memory"]
     if "peak_rss_mb" in m:

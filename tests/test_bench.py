@@ -23,7 +23,9 @@ def test_bench_runs_and_writes_json(tmp_path):
     assert env["traffic_steps_per_s"] > 0
     assert env["resets_steps_per_s"] > 0 and env["resets_episode_steps"] < 100  # it leaves the road often
     assert set(env["vector_steps_per_s"]) == {"plain", "1", "2"} and min(env["vector_steps_per_s"].values()) > 0
-    assert env["vector_ratio_2"] > 0 and env["vector_scaling_2"] > 0
+    assert env["vector_ratio_2"] > 0 and env["vector_scaling_2"] > 0 and env["drive_vector_ratio_2"] > 0
+    assert set(env["drive_vector_steps_per_s"]) == {"1", "2"} and min(env["drive_vector_steps_per_s"].values()) > 0
+    assert "DriveVectorEnv" in r.stdout
     resets = env["reset_ms"]
     assert min(resets[k] for k in ("generated", "from_disk", "revisit")) > 0
     if importlib.util.find_spec("Box2D") is not None:  # CarRacing-v3 runs: measured side by side

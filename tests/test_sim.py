@@ -192,6 +192,49 @@ def test_vector_env_async():
     envs.close()
 
 
+def test_make_vec_gives_envs_stepped_in_parallel_with_gymnasiums_results():
+    """`gym.make_vec("E2EDrive-v0", num_envs=N)` is our DriveVectorEnv: the main process steps some
+    envs and a worker process the others, and frames, rewards, flags and every info array (values,
+    types, masks) are exactly gymnasium's SyncVectorEnv's, episode ends and next-step resets included."""
+    from sim.vector import DriveVectorEnv
+
+    ours = gym.make_vec("E2EDrive-v0", num_envs=3, processes=2, track="procedural:0-3")
+    sync = gym.make_vec("E2EDrive-v0", num_envs=3, vectorization_mode="sync", track="procedural:0-3")
+    try:
+        assert isinstance(ours.unwrapped, DriveVectorEnv) and len(ours.unwrapped._procs) == 1  # 1 + 2 envs
+        for a, b in zip(ours.reset(seed=7), sync.reset(seed=7)):
+            assert same_batch(a, b)
+        rng = np.random.default_rng(0)
+        ends = 0
+        for _ in range(80):
+            act = rng.uniform(-0.2, 0.9, (3, 1)).astype(np.float32)  # steering right: off the road often
+            got, want = ours.step(act), sync.step(act)
+            for a, b in zip(got, want):
+                assert same_batch(a, b)
+            ends += int((got[2] | got[3]).sum())
+        assert ends >= 3 and {"cte", "heading_error", "speed", "off_track", "lap", "progress_m"} <= set(got[4])
+    finally:
+        ours.close()
+        sync.close()
+    assert not any(p.is_alive() for p in ours.unwrapped._procs)
+
+
+def same_batch(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_batch(a[k], b[k]) for k in a)
+    return a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_a_failure_in_a_vector_env_worker_is_raised_in_the_main_process():
+    envs = gym.make_vec("E2EDrive-v0", num_envs=2, processes=2, track="procedural:1")
+    try:
+        envs.reset(seed=0)
+        with pytest.raises(RuntimeError, match="action must be finite"):
+            envs.step(np.array([[0.0], [np.nan]], np.float32))  # env 1 runs in the worker
+    finally:
+        envs.close()
+
+
 # -- expert ---------------------------------------------------------------------------------------
 def expert_lap(spec: str) -> dict:
     """The expert drives one lap of `spec`; the last step's info."""
