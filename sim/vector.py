@@ -19,8 +19,10 @@ s + i, as gymnasium does, so env i's frames are those of `gym.make("E2EDrive-v0"
 from __future__ import annotations
 
 import multiprocessing as mp
+import operator
 import os
 import pickle
+import time
 import traceback
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +33,7 @@ from gymnasium.vector.utils import batch_space
 
 from .env import DriveEnv
 
+WAIT_POLL_S = 200e-6  # the main process polls this long for a worker's answer before it sleeps
 _STEP = b"s"  # the first byte of a step message; any other message is a pickled (command, argument)
 
 
@@ -74,12 +77,18 @@ def _worker(conn, env_kwargs: dict, first: int, count: int, shared, shape: tuple
         frames = np.frombuffer(shared, np.uint8).reshape(shape)
         group = _Group([DriveEnv(**env_kwargs) for _ in range(count)], first, frames)
         conn.send((True, None))
+        sent_keys = None  # the info keys every env of the group had last time they were sent
         while True:
             message = conn.recv_bytes()
             if message[:1] == _STEP:  # the group's actions, raw float32: no pickling on the way in
                 actions = np.frombuffer(message, np.float32, offset=1).reshape(count, -1)
-                conn.send((True, [(r, te, tr, tuple(info.values()), tuple(info))
-                                  for r, te, tr, info in group.step(actions)]))
+                rows = group.step(actions)
+                keys = [tuple(info) for *_, info in rows]
+                if all(k == sent_keys for k in keys):
+                    keys = None  # the keys the main process knows already: the values only
+                elif all(k == keys[0] for k in keys):
+                    sent_keys = keys[0]
+                conn.send((True, ([(r, te, tr, tuple(info.values())) for r, te, tr, info in rows], keys)))
                 continue
             command, arg = pickle.loads(message)
             if command == "reset":
@@ -144,8 +153,8 @@ class DriveVectorEnv(VectorEnv):
             self.close()
             raise
         self._info_keys: tuple[str, ...] | None = None
-        self._info_dtype: np.dtype | None = None
         self._mask_keys: list[str] = []
+        self._worker_keys: list[tuple[str, ...] | None] = [None] * len(self._pipes)  # as each last sent them
         self._all = np.ones(self.num_envs, np.bool_)  # the `_key` masks: one read-only array, all True
         self._all.flags.writeable = False
 
@@ -171,8 +180,13 @@ class DriveVectorEnv(VectorEnv):
             pipe.send_bytes(_STEP + actions[first:end].tobytes())
         results = self._own.step(actions)  # our own envs while the workers step theirs
         rows = [(r, te, tr, tuple(info.values()), tuple(info)) for r, te, tr, info in results]
-        for pipe in self._pipes:  # the workers send each info as its values and keys
-            rows += self._answer(pipe)
+        for w, pipe in enumerate(self._pipes):  # the workers send the infos' values (and keys when new)
+            answer, keys = self._answer(pipe)
+            if keys is None:
+                keys = [self._worker_keys[w]] * len(answer)
+            elif all(k == keys[0] for k in keys):
+                self._worker_keys[w] = keys[0]
+            rows += [(*row, k) for row, k in zip(answer, keys)]
         rewards, terminated, truncated, values, keys = zip(*rows)
         return (self._frames.copy(), np.array(rewards, np.float64), np.array(terminated, np.bool_),
                 np.array(truncated, np.bool_), self._merge(values, keys))
@@ -193,6 +207,10 @@ class DriveVectorEnv(VectorEnv):
         self._own.close()
 
     def _answer(self, pipe):
+        if not pipe.poll(0):  # the answer is usually tens of microseconds away: waking from sleep
+            deadline = time.perf_counter() + WAIT_POLL_S  # would take about as long again
+            while not pipe.poll(0) and time.perf_counter() < deadline:
+                os.sched_yield()  # another process waiting for this core (a worker, perhaps) goes first
         try:
             ok, payload = pipe.recv()
         except EOFError:
@@ -204,19 +222,29 @@ class DriveVectorEnv(VectorEnv):
     def _merge(self, values: Sequence[tuple], keys: Sequence[tuple[str, ...]]) -> dict[str, np.ndarray]:
         """The envs' infos (each as its values and its keys) as gymnasium's vector envs give them:
         `info[key]` an array over the envs, `info["_key"]` True where the env has the key. When every
-        env has the same keys (a `DriveEnv` always does), one numpy call makes all the arrays;
-        otherwise they are merged key by key, as gymnasium does."""
+        env has the same keys (a `DriveEnv` always does), one numpy call makes the arrays of all the
+        numbers and flags (an object array per other key, e.g. the track's name); otherwise they
+        are merged key by key, as gymnasium does."""
         if keys[0] != self._info_keys:
-            self._info_keys = keys[0]
-            self._info_dtype = np.dtype([(k, _dtype_of(v)) for k, v in zip(keys[0], values[0])])
-            self._mask_keys = ["_" + k for k in keys[0]]
+            self._info_keys = first = keys[0]
+            types = [_dtype_of(v) for v in values[0]]
+            numbers = [i for i, t in enumerate(types) if t is not object]
+            self._numbers = operator.itemgetter(*numbers) if len(numbers) > 1 else lambda v: (v[numbers[0]],)
+            self._numbers_dtype = np.dtype([(first[i], types[i]) for i in numbers]) if numbers else None
+            self._objects = [(i, first[i]) for i, t in enumerate(types) if t is object]
+            self._mask_keys = ["_" + k for k in first]
         if any(k != self._info_keys for k in keys):
             merged: dict = {}
             for i, (v, k) in enumerate(zip(values, keys)):
                 merged = self._add_info(merged, dict(zip(k, v)), i)
             return merged
-        table = np.array(list(values), self._info_dtype)  # a list of records (a tuple would be one)
-        merged = {k: table[k] for k in self._info_keys}
+        merged = {}
+        if self._numbers_dtype is not None:
+            table = np.array([self._numbers(v) for v in values], self._numbers_dtype)
+            merged = {k: table[k] for k in self._numbers_dtype.names}
+        for i, k in self._objects:
+            merged[k] = np.empty(self.num_envs, object)
+            merged[k][:] = [v[i] for v in values]
         merged.update(dict.fromkeys(self._mask_keys, self._all))  # every env has every key
         return merged
 
