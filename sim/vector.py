@@ -131,7 +131,7 @@ class DriveVectorEnv(VectorEnv):
         ctx = mp.get_context()
         self._shared = ctx.RawArray("B", int(np.prod(shape)))
         self._frames = np.frombuffer(self._shared, np.uint8).reshape(shape)
-        n_proc = max(1, min(self.num_envs, processes or os.cpu_count() or 1))
+        n_proc = max(1, min(self.num_envs, processes or _cores()))
         bounds = np.linspace(0, self.num_envs, n_proc + 1).astype(int).tolist()  # the main process: fewest
         self._bounds = list(zip(bounds[:-1], bounds[1:]))  # [first, end) of each process's envs
         envs += [DriveEnv(**env_kwargs) for _ in range(bounds[1] - 1)]
@@ -178,7 +178,12 @@ class DriveVectorEnv(VectorEnv):
         actions = np.ascontiguousarray(actions, np.float32).reshape(self.num_envs, -1)
         for pipe, (first, end) in zip(self._pipes, self._bounds[1:]):
             pipe.send_bytes(_STEP + actions[first:end].tobytes())
-        results = self._own.step(actions)  # our own envs while the workers step theirs
+        try:
+            results = self._own.step(actions)  # our own envs while the workers step theirs
+        except BaseException:
+            for pipe in self._pipes:  # the workers' answers to this step, so the next one reads its own
+                self._answer(pipe)
+            raise
         rows = [(r, te, tr, tuple(info.values()), tuple(info)) for r, te, tr, info in results]
         for w, pipe in enumerate(self._pipes):  # the workers send the infos' values (and keys when new)
             answer, keys = self._answer(pipe)
@@ -247,6 +252,14 @@ class DriveVectorEnv(VectorEnv):
             merged[k][:] = [v[i] for v in values]
         merged.update(dict.fromkeys(self._mask_keys, self._all))  # every env has every key
         return merged
+
+
+def _cores() -> int:
+    """The CPU cores this process may run on (`taskset` and container limits included)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _dtype_of(value: Any):
