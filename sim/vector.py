@@ -181,17 +181,12 @@ class DriveVectorEnv(VectorEnv):
         try:
             results = self._own.step(actions)  # our own envs while the workers step theirs
         except BaseException:
-            for pipe in self._pipes:  # the workers' answers to this step, so the next one reads its own
-                self._answer(pipe)
+            for w in range(len(self._pipes)):  # the workers' answers to this step, so the next one reads its own
+                self._step_answer(w)
             raise
         rows = [(r, te, tr, tuple(info.values()), tuple(info)) for r, te, tr, info in results]
-        for w, pipe in enumerate(self._pipes):  # the workers send the infos' values (and keys when new)
-            answer, keys = self._answer(pipe)
-            if keys is None:
-                keys = [self._worker_keys[w]] * len(answer)
-            elif all(k == keys[0] for k in keys):
-                self._worker_keys[w] = keys[0]
-            rows += [(*row, k) for row, k in zip(answer, keys)]
+        for w in range(len(self._pipes)):
+            rows += self._step_answer(w)
         rewards, terminated, truncated, values, keys = zip(*rows)
         return (self._frames.copy(), np.array(rewards, np.float64), np.array(terminated, np.bool_),
                 np.array(truncated, np.bool_), self._merge(values, keys))
@@ -210,6 +205,16 @@ class DriveVectorEnv(VectorEnv):
             pipe.close()
         self._pipes, self._procs = [], []
         self._own.close()
+
+    def _step_answer(self, w: int) -> list[tuple]:
+        """Worker w's answer to a step: (reward, terminated, truncated, info values, info keys) per
+        env. Workers send the keys only when they are not those they sent last."""
+        answer, keys = self._answer(self._pipes[w])
+        if keys is None:
+            keys = [self._worker_keys[w]] * len(answer)
+        elif all(k == keys[0] for k in keys):
+            self._worker_keys[w] = keys[0]
+        return [(*row, k) for row, k in zip(answer, keys)]
 
     def _answer(self, pipe):
         if not pipe.poll(0):  # the answer is usually tens of microseconds away: waking from sleep
