@@ -1,4 +1,4 @@
-"""Decoded frames of recorded drives, cached on disk as raw uint8 and read one frame at a time.
+"""Decoded frames of recorded drives, cached on disk as raw uint8 and read a batch's frames at a time.
 
 Why: a 96x96 frame is 722 bytes in a drive's compressed chunks but 27,648 bytes decoded, so decoding
 every frame into RAM (what training did) needs ~11 GB for 400k frames, on every DDP rank. Decoding
