@@ -271,8 +271,15 @@ def test_a_batch_of_samples_is_read_together_and_equals_the_samples_one_by_one(d
     def reads() -> int:
         return int(dict(line.split(": ") for line in io_file.read_text().splitlines())["syscr"])
 
+    import torch
+
+    from agent.dataset import collate
+
     ds = FrameDataset(cached.drives, cached.env, NO_AUGMENT)
     run = list(range(100, 36, -1))  # 64 neighbouring frames, asked in reverse: one read, not 64
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, sampler=run, collate_fn=collate)  # as train's
+    list(loader)  # the first batch of a DataLoader also reads what it imports
     before = reads()
-    ds.__getitems__(run)
+    (x, _), = list(loader)
     assert reads() - before <= 3  # one preadv (+ the /proc read itself)
+    assert x.shape[0] == 64
