@@ -70,15 +70,22 @@ class _Group:
             env.close()
 
 
-def _worker(conn, env_kwargs: dict, first: int, count: int, shared, shape: tuple[int, ...]) -> None:
-    """A worker process: builds its envs, then answers "reset" and "step" until "close"."""
+def _worker(conn, go, done, env_kwargs: dict, first: int, count: int, shared, shape: tuple[int, ...]) -> None:
+    """A worker process: builds its envs, then answers "reset" and "step" until "close". It waits on
+    the semaphore `go` and signals each answer on `done` (see `DriveVectorEnv._send`)."""
     group = None
+
+    def answer(ok: bool, payload) -> None:
+        conn.send((ok, payload))
+        done.release()
+
     try:
         frames = np.frombuffer(shared, np.uint8).reshape(shape)
         group = _Group([DriveEnv(**env_kwargs) for _ in range(count)], first, frames)
-        conn.send((True, None))
+        answer(True, None)
         sent_keys = None  # the info keys every env of the group had last time they were sent
         while True:
+            go.acquire()  # then the message is in the pipe already
             message = conn.recv_bytes()
             if message[:1] == _STEP:  # the group's actions, raw float32: no pickling on the way in
                 actions = np.frombuffer(message, np.float32, offset=1).reshape(count, -1)
@@ -88,18 +95,18 @@ def _worker(conn, env_kwargs: dict, first: int, count: int, shared, shape: tuple
                     keys = None  # the keys the main process knows already: the values only
                 elif all(k == keys[0] for k in keys):
                     sent_keys = keys[0]
-                conn.send((True, ([(r, te, tr, tuple(info.values())) for r, te, tr, info in rows], keys)))
+                answer(True, ([(r, te, tr, tuple(info.values())) for r, te, tr, info in rows], keys))
                 continue
             command, arg = pickle.loads(message)
             if command == "reset":
-                conn.send((True, group.reset(*arg)))
+                answer(True, group.reset(*arg))
             else:  # "close"
                 break
     except KeyboardInterrupt:
         pass
     except Exception:  # noqa: BLE001 - any failure goes back to the main process, which raises it
         try:
-            conn.send((False, traceback.format_exc()))
+            answer(False, traceback.format_exc())
         except OSError:
             pass
     finally:
@@ -121,6 +128,7 @@ class DriveVectorEnv(VectorEnv):
             raise ValueError("DriveVectorEnv does not render; use vectorization_mode='sync' to render")
         env_kwargs.pop("render_mode", None)
         self.closed = True  # until the workers run
+        self._poll_s = WAIT_POLL_S
         self.num_envs = int(num_envs)
         envs = [DriveEnv(**env_kwargs)]
         self.single_observation_space = envs[0].observation_space
@@ -136,14 +144,18 @@ class DriveVectorEnv(VectorEnv):
         self._bounds = list(zip(bounds[:-1], bounds[1:]))  # [first, end) of each process's envs
         envs += [DriveEnv(**env_kwargs) for _ in range(bounds[1] - 1)]
         self._own = _Group(envs, 0, self._frames)
-        self._pipes, self._procs = [], []
+        self._pipes, self._procs, self._go, self._done = [], [], [], []
         for first, end in self._bounds[1:]:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, env_kwargs, first, end - first, self._shared, shape),
+            go, done = ctx.Semaphore(0), ctx.Semaphore(0)
+            proc = ctx.Process(target=_worker, args=(child, go, done, env_kwargs, first, end - first, self._shared,
+                                                     shape),
                                name=f"E2EDrive-vector-{first}", daemon=True)
             proc.start()
             child.close()
             self._pipes.append(parent)
+            self._go.append(go)
+            self._done.append(done)
             self._procs.append(proc)
         self.closed = False
         try:
@@ -168,7 +180,7 @@ class DriveVectorEnv(VectorEnv):
             if len(seeds) != self.num_envs:
                 raise ValueError(f"{len(seeds)} seeds for {self.num_envs} envs")
         for pipe, (first, end) in zip(self._pipes, self._bounds[1:]):
-            pipe.send_bytes(pickle.dumps(("reset", (seeds[first:end], options))))
+            self._send(pipe, pickle.dumps(("reset", (seeds[first:end], options))))
         infos = self._own.reset(seeds[:self._bounds[0][1]], options)
         for pipe in self._pipes:
             infos += self._answer(pipe)
@@ -177,7 +189,7 @@ class DriveVectorEnv(VectorEnv):
     def step(self, actions):
         actions = np.ascontiguousarray(actions, np.float32).reshape(self.num_envs, -1)
         for pipe, (first, end) in zip(self._pipes, self._bounds[1:]):
-            pipe.send_bytes(_STEP + actions[first:end].tobytes())
+            self._send(pipe, _STEP + actions[first:end].tobytes())
         try:
             results = self._own.step(actions)  # our own envs while the workers step theirs
         except BaseException:
@@ -194,7 +206,7 @@ class DriveVectorEnv(VectorEnv):
     def close_extras(self, **kwargs: Any) -> None:
         for pipe in self._pipes:
             try:
-                pipe.send_bytes(pickle.dumps(("close", None)))
+                self._send(pipe, pickle.dumps(("close", None)))
             except OSError:
                 pass  # that worker is gone already
         for proc in self._procs:
@@ -205,6 +217,14 @@ class DriveVectorEnv(VectorEnv):
             pipe.close()
         self._pipes, self._procs = [], []
         self._own.close()
+
+    def _send(self, pipe, message: bytes) -> None:
+        """A message to a worker, which waits on a semaphore, not on the pipe (and answers the same
+        way): a process woken by a pipe is moved to the waker's core (Linux expects the waker to
+        sleep now: a "sync" wakeup), where the woken worker would wait for the main process to
+        step its own envs; woken by a semaphore, it runs on a free core at once."""
+        pipe.send_bytes(message)
+        self._go[self._pipes.index(pipe)].release()
 
     def _step_answer(self, w: int) -> list[tuple]:
         """Worker w's answer to a step: (reward, terminated, truncated, info values, info keys) per
@@ -217,10 +237,14 @@ class DriveVectorEnv(VectorEnv):
         return [(*row, k) for row, k in zip(answer, keys)]
 
     def _answer(self, pipe):
-        if not pipe.poll(0):  # the answer is usually tens of microseconds away: waking from sleep
-            deadline = time.perf_counter() + WAIT_POLL_S  # would take about as long again
+        w = self._pipes.index(pipe)
+        if self._poll_s and not pipe.poll(0):  # the answer is usually tens of microseconds away:
+            deadline = time.perf_counter() + self._poll_s  # waking from sleep would take about as long again
             while not pipe.poll(0) and time.perf_counter() < deadline:
                 os.sched_yield()  # another process waiting for this core (a worker, perhaps) goes first
+        while not self._done[w].acquire(timeout=1.0):
+            if not self._procs[w].is_alive() and not pipe.poll(0):
+                raise RuntimeError("an E2EDrive vector env worker process died")
         try:
             ok, payload = pipe.recv()
         except EOFError:
