@@ -13,11 +13,9 @@ from .render import CAMERA_PRESETS, Camera, CameraConfig, camera_from_name
 from .track import Track, TrackError, load_track, load_tracks, parse_spec
 
 if "E2EDrive-v0" not in registry:
-    # gym.make_vec("E2EDrive-v0", num_envs=N) gives sim.vector.DriveVectorEnv (envs stepped in parallel)
-    register(id="E2EDrive-v0", entry_point="sim.env:DriveEnv", vector_entry_point="sim.vector:DriveVectorEnv")
+    register(id="E2EDrive-v0", entry_point="sim.env:DriveEnv")
 if "E2EDriveRace-v0" not in registry:
-    register(id="E2EDriveRace-v0", entry_point="sim.env:DriveEnv", kwargs={"task": "race"},  # race camera
-             vector_entry_point="sim.vector:DriveVectorEnv")
+    register(id="E2EDriveRace-v0", entry_point="sim.env:DriveEnv", kwargs={"task": "race"})  # race camera
 
 __all__ = [
     "CAMERA_PRESETS", "Camera", "CameraConfig", "CarConfig", "CarState", "DriveEnv", "EnvConfig",

@@ -192,16 +192,17 @@ def test_vector_env_async():
     envs.close()
 
 
-def test_make_vec_gives_envs_stepped_in_parallel_with_gymnasiums_results():
-    """`gym.make_vec("E2EDrive-v0", num_envs=N)` is our DriveVectorEnv: the main process steps some
-    envs and a worker process the others, and frames, rewards, flags and every info array (values,
-    types, masks) are exactly gymnasium's SyncVectorEnv's, episode ends and next-step resets included."""
+def test_drive_vector_env_steps_envs_in_parallel_with_gymnasiums_results():
+    """DriveVectorEnv: the main process steps some envs and a worker process the others, and frames,
+    rewards, flags and every info array (values, types, masks) are exactly gymnasium's
+    SyncVectorEnv's, episode ends and next-step resets included."""
     from sim.vector import DriveVectorEnv
 
-    ours = gym.make_vec("E2EDrive-v0", num_envs=3, processes=2, track="procedural:0-3")
+    ours = DriveVectorEnv(num_envs=3, processes=2, track="procedural:0-3")
     sync = gym.make_vec("E2EDrive-v0", num_envs=3, vectorization_mode="sync", track="procedural:0-3")
     try:
-        assert isinstance(ours.unwrapped, DriveVectorEnv) and len(ours.unwrapped._procs) == 1  # 1 + 2 envs
+        procs = list(ours._procs)
+        assert len(procs) == 1  # env 0 in the main process, 1 and 2 in the worker
         for a, b in zip(ours.reset(seed=7), sync.reset(seed=7)):
             assert same_batch(a, b)
         rng = np.random.default_rng(0)
@@ -216,7 +217,7 @@ def test_make_vec_gives_envs_stepped_in_parallel_with_gymnasiums_results():
     finally:
         ours.close()
         sync.close()
-    assert not any(p.is_alive() for p in ours.unwrapped._procs)
+    assert not any(p.is_alive() for p in procs)
 
 
 def same_batch(a, b) -> bool:
@@ -225,8 +226,10 @@ def same_batch(a, b) -> bool:
     return a.dtype == b.dtype and np.array_equal(a, b)
 
 
-def test_a_failure_in_a_vector_env_is_raised_in_the_main_process():
-    envs = gym.make_vec("E2EDrive-v0", num_envs=2, processes=2, track="procedural:1")
+def test_a_failure_in_a_drive_vector_env_is_raised_in_the_main_process():
+    from sim.vector import DriveVectorEnv
+
+    envs = DriveVectorEnv(num_envs=2, processes=2, track="procedural:1")
     try:
         envs.reset(seed=0)
         with pytest.raises(ValueError, match="action must be finite"):
