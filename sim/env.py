@@ -51,8 +51,9 @@ def race_camera() -> CameraConfig:
 
 
 def default_camera_name(task: str) -> str:
-    """The camera preset commands use for a task when none is asked for."""
-    return "race" if task == "race" else "birdseye"
+    """The camera preset commands use for a task when none is asked for: race and traffic have their
+    own bird's-eye views reaching further ahead; the lane task keeps `birdseye`."""
+    return task if task in ("race", "traffic") else "birdseye"
 
 
 @dataclass(frozen=True)
@@ -139,8 +140,9 @@ class DriveEnv(gym.Env):
             overrides["camera"] = camera_from_name(overrides["camera"])
         if overrides:
             cfg = replace(cfg, **overrides)
-        if cfg.task == "race" and config is None and "camera" not in overrides:
-            cfg = replace(cfg, camera=race_camera())  # made with a task alone: the task's own view
+        if cfg.task != "lane" and config is None and "camera" not in overrides:
+            # made with a task alone: the task's own view
+            cfg = replace(cfg, camera=CAMERA_PRESETS[default_camera_name(cfg.task)])
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}")
         self.cfg = cfg

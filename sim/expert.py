@@ -24,12 +24,13 @@ class ExpertConfig:
     lookahead_base_m: float = 3.0
     lookahead_gain_s: float = 0.45  # lookahead grows with speed: base + gain * v
     horizon_s: float = 5.0  # traffic: plan around the cars we reach within this time
-    clearance_m: float = 0.5  # traffic: side gap kept from another car while passing it...
+    clearance_m: float = 0.8  # traffic: side gap kept from another car while passing it...
     curve_clearance_m2: float = 10.0  # ...plus this times the road's curvature (1/m): bends turn the cars
     # against each other, and pure pursuit cuts them
     gap_m: float = 2.5  # traffic: and the gap kept ahead of and behind it
     edge_m: float = 0.6  # traffic: our centre stays this far inside the road edge
-    max_shift_m: float = 1.0  # traffic: how far the aim point may lead our offset (smooth moves)
+    max_shift_m: float = 2.0  # traffic: how far the aim point may lead our offset (smooth, but decisive
+    # enough that a clone's steering labels stand out from the lane-keeping ones)
     lateral_speed_mps: float = 1.5  # traffic: about how fast that moves us sideways
     centre_cost: float = 1.0  # traffic: a planned offset costs this per metre from the centerline...
     move_cost: float = 0.3  # ...and this per metre from where we are (keeps the chosen side)
@@ -52,10 +53,11 @@ def expert_steering(track: Track, car: CarState, s: float, car_cfg: CarConfig | 
 
 
 def plan_offset(track: Track, traffic: Traffic, s: float, offset: float, speed: float, car_cfg: CarConfig,
-                cfg: ExpertConfig = ExpertConfig()) -> float:
+                cfg: ExpertConfig = ExpertConfig(), seen_ahead_m: float = math.inf) -> float:
     """The lateral offset (metres, positive left) to drive at now, given the other cars.
 
-    Every car we reach within the horizon blocks the offsets within a car's width plus clearance of
+    Only the cars at most `seen_ahead_m` ahead count (the camera's reach: a clone has to see the
+    cause of every move in its frame). Every one we reach within the horizon blocks the offsets within a car's width plus clearance of
     where it will be while we pass it (its lateral motion is known). Of the free offsets reachable
     without crossing a car already beside us, the cheapest is chosen: near the centerline, near
     where we are. Stateless, so it labels any state a policy drives into (DAgger).
@@ -76,7 +78,7 @@ def plan_offset(track: Track, traffic: Traffic, s: float, offset: float, speed: 
         closing = np.maximum(speed - traffic.speed, 0.5)
         t_in = (rel - reach) / closing
         t_out = (rel + reach) / closing
-        near = np.flatnonzero((t_out > 0) & (t_in < cfg.horizon_s))
+        near = np.flatnonzero((t_out > 0) & (t_in < cfg.horizon_s) & (rel <= seen_ahead_m))
         # the cars in the order we reach them: each one narrows the free offsets, unless it would
         # close them all (then it is left for later: we pass the nearer ones first)
         for i in near[np.argsort(t_in[near])]:
@@ -91,10 +93,13 @@ def plan_offset(track: Track, traffic: Traffic, s: float, offset: float, speed: 
             unreachable = off_road | ((candidates - d.mean()) * (offset - d.mean()) < 0) & late
             blocked = clash | unreachable
             if not (free & ~blocked).any():
-                if (free & ~clash & ~off_road).any():  # room only across: go now, as fast as we can
+                alongside = t_in[i] <= 0  # beside it already: crossing its path would hit it
+                if not alongside and (free & ~clash & ~off_road).any():  # room only across: go now
                     free &= ~clash & ~off_road
-                elif free.all():  # no way past the nearest car: as far from it as the road allows
-                    gap = np.where(off_road, -np.inf, np.maximum(d.min() - candidates, candidates - d.max()))
+                elif free.all() or alongside:  # no way past: as far from it as the road allows
+                    ours = (candidates - d.mean()) * (offset - d.mean()) >= 0 if alongside else True
+                    gap = np.where(off_road | ~(free & ours), -np.inf,
+                                   np.maximum(d.min() - candidates, candidates - d.max()))
                     free = gap >= gap.max() - 0.05
                 break
             free &= ~blocked
@@ -114,7 +119,9 @@ class Expert:
         if getattr(e, "traffic", None) is None:
             return expert_steering(e.track, e.car, e.proj.s, e.cfg.car, self.cfg)
         here = e.proj.offset
-        target = plan_offset(e.track, e.traffic, e.proj.s, here, e.car.speed, e.cfg.car, self.cfg)
+        # the cars the camera shows: centres up to its reach ahead of its centre (mid-wheelbase)
+        seen = e.cfg.camera.view_ahead_m + 0.5 * e.cfg.car.wheelbase_m
+        target = plan_offset(e.track, e.traffic, e.proj.s, here, e.car.speed, e.cfg.car, self.cfg, seen)
         aim = here + max(-self.cfg.max_shift_m, min(self.cfg.max_shift_m, target - here))
         return expert_steering(e.track, e.car, e.proj.s, e.cfg.car, self.cfg, offset=aim)
 

@@ -115,6 +115,14 @@ class CameraConfig:
     supersample: int = 1  # warp at this multiple of the size, then area-average (anti-aliasing)
     map_res_m: float = 0.2  # metres per pixel of the pre-drawn track map
 
+    @property
+    def view_ahead_m(self) -> float:
+        """How far ahead of its centre (the middle of our wheelbase) the frame reaches: the top edge of
+        a bird's-eye frame, the far fade of a dashcam's."""
+        if self.kind == "birdseye":
+            return self.car_row * self.view_width_m * self.height / self.width
+        return self.max_range_m + self.forward_m
+
     def __post_init__(self) -> None:
         if self.kind not in ("birdseye", "dashcam"):
             raise ValueError(f"camera kind must be 'birdseye' or 'dashcam', not {self.kind!r}")
@@ -131,6 +139,9 @@ CAMERA_PRESETS = {
     # the race task's default: the same bird's-eye view reaching 56 m ahead, far enough to brake from
     # top speed for the corner it sees coming
     "race": CameraConfig(view_width_m=64.0, car_row=0.88),
+    # the traffic task's default: 42 m ahead (the lane view shows 32), so a slow car comes into view
+    # early enough to pass it; another car is still 9 x 4 pixels
+    "traffic": CameraConfig(view_width_m=48.0, car_row=0.88),
 }
 
 
