@@ -114,14 +114,19 @@ class Expert:
     def __init__(self, cfg: ExpertConfig = ExpertConfig()):
         self.cfg = cfg
 
+    def target_offset(self, env) -> float:
+        """Traffic: the offset (metres, positive left) the planner picks now, from the cars the
+        camera shows: centres up to its reach ahead of its centre (the middle of the wheelbase)."""
+        e = env.unwrapped
+        seen = e.cfg.camera.view_ahead_m + 0.5 * e.cfg.car.wheelbase_m
+        return plan_offset(e.track, e.traffic, e.proj.s, e.proj.offset, e.car.speed, e.cfg.car, self.cfg, seen)
+
     def steering(self, env) -> float:
         e = env.unwrapped
         if getattr(e, "traffic", None) is None:
             return expert_steering(e.track, e.car, e.proj.s, e.cfg.car, self.cfg)
         here = e.proj.offset
-        # the cars the camera shows: centres up to its reach ahead of its centre (mid-wheelbase)
-        seen = e.cfg.camera.view_ahead_m + 0.5 * e.cfg.car.wheelbase_m
-        target = plan_offset(e.track, e.traffic, e.proj.s, here, e.car.speed, e.cfg.car, self.cfg, seen)
+        target = self.target_offset(env)
         aim = here + max(-self.cfg.max_shift_m, min(self.cfg.max_shift_m, target - here))
         return expert_steering(e.track, e.car, e.proj.s, e.cfg.car, self.cfg, offset=aim)
 
