@@ -341,7 +341,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--randomise-palette", action="store_true", help="new colours for every drive")
     parser.add_argument("--workers", type=int, default=None,
                         help="parallel processes (default min(2, CPU count))")
-    parser.add_argument("--camera", help="birdseye (default; race for --task race), dashcam, pilotnet, "
+    parser.add_argument("--camera", help="birdseye (default; race and traffic for those tasks), dashcam, pilotnet, "
                         "or e.g. birdseye:128x128")
     parser.add_argument("--seed", type=int, default=0, help="seed for the noise and palettes (default 0)")
     add_latency_argument(parser)

@@ -23,7 +23,9 @@ from .traffic import Traffic
 class ExpertConfig:
     lookahead_base_m: float = 3.0
     lookahead_gain_s: float = 0.45  # lookahead grows with speed: base + gain * v
-    horizon_s: float = 5.0  # traffic: plan around the cars we reach within this time
+    horizon_s: float = 12.0  # traffic: plan around the cars we reach within this time: every car the
+    # camera shows (a shorter horizon made the start of a move depend on the other car's speed,
+    # which a frame does not show)
     clearance_m: float = 0.8  # traffic: side gap kept from another car while passing it...
     curve_clearance_m2: float = 10.0  # ...plus this times the road's curvature (1/m): bends turn the cars
     # against each other, and pure pursuit cuts them
