@@ -261,6 +261,23 @@ def test_the_expert_moves_aside_only_for_cars_its_frame_shows(camera):
     assert moves > 50 and unexplained == 0
 
 
+@pytest.mark.parametrize("speed_share", [0.4, 0.7])
+def test_a_car_coming_into_view_starts_the_move_whatever_its_speed(speed_share):
+    """A frame shows where another car is, not how fast it goes: a car 40 m ahead in our path
+    moves us aside at once, slow or fast (a 5 s horizon left the fast one for later)."""
+    env = DriveEnv(track="procedural:1", task="traffic", off_track="recover")
+    env.reset(seed=0)
+    tr = env.traffic
+    tr.s[:] = env.proj.s + 40.0 + 100.0 * np.arange(tr.n)  # the others far beyond the view
+    tr.motion[:] = 0.0  # on the centre line, not weaving
+    tr.base_speed[:] = tr.speed[:] = speed_share * env.cfg.car.cruise_speed_mps
+    tr._version += 1
+    expert = Expert()
+    assert abs(expert.target_offset(env)) > 2.0
+    tr.s[0] = env.proj.s + 50.0  # beyond the camera's reach: nothing to react to
+    assert abs(expert.target_offset(env)) < 0.2
+
+
 # -- measuring ------------------------------------------------------------------------------------
 def test_a_collision_spoils_the_lap_and_counts_per_km():
     from agent.metrics import drive_metrics, summarise
