@@ -45,11 +45,6 @@ TASKS = ("lane", "race", "traffic")  # lane: follow the road; race: steer and th
 RACE_RECOVER_SPEED_MPS = 10.0  # a race car put back on the road goes on at most this fast
 
 
-def race_camera() -> CameraConfig:
-    """The race task's default camera: bird's-eye, reaching far enough ahead to brake for corners."""
-    return CAMERA_PRESETS["race"]
-
-
 def default_camera_name(task: str) -> str:
     """The camera preset commands use for a task when none is asked for: race and traffic have their
     own bird's-eye views reaching further ahead; the lane task keeps `birdseye`."""
