@@ -26,7 +26,8 @@ class ExpertConfig:
     horizon_s: float = 12.0  # traffic: plan around the cars we reach within this time: every car the
     # camera shows (a shorter horizon made the start of a move depend on the other car's speed,
     # which a frame does not show)
-    clearance_m: float = 0.8  # traffic: side gap kept from another car while passing it...
+    clearance_m: float = 1.6  # traffic: side gap kept from another car while passing it (wide: a
+    # clone that moves aside only ~60% as far as its teacher, as cloning does, still clears the car)...
     curve_clearance_m2: float = 10.0  # ...plus this times the road's curvature (1/m): bends turn the cars
     # against each other, and pure pursuit cuts them
     gap_m: float = 2.5  # traffic: and the gap kept ahead of and behind it
