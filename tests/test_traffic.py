@@ -414,3 +414,31 @@ def test_training_can_weigh_the_pull_outs_around_cars(tmp_path):
                      None, 1, "cpu", False, False, None, None, False, None)
         shares[on] = load_data(run).sampler.p[pulling].sum()
     assert shares[True] > shares[False] + 0.1
+
+
+@pytest.mark.parametrize("spec", ["procedural:1000", "procedural:1001"])
+def test_a_clone_moving_aside_only_60_percent_as_far_still_clears_the_cars(spec):
+    """Cloned policies move aside only ~60% as far as the expert (their traffic part of the steering
+    has a slope of ~0.6 against its). The expert's side clearance leaves room for that: a driver that
+    steers the lane expert's answer plus 60% of the traffic expert's difference to it drives the lap
+    without a collision, and with the earlier 0.8 m clearance it hits a car."""
+    from dataclasses import replace
+
+    from sim.expert import ExpertConfig, expert_steering
+    from sim.render import camera_from_name
+
+    def collisions(cfg: ExpertConfig) -> int:
+        env = DriveEnv(config=EnvConfig(track=spec, task="traffic", camera=camera_from_name("traffic"),
+                                        off_track="recover"))
+        env.reset(seed=0)
+        expert, hits = Expert(cfg), 0
+        while True:
+            lane = expert_steering(env.track, env.car, env.proj.s, env.cfg.car, cfg)
+            steer = lane + 0.6 * (expert.steering(env) - lane)
+            _, _, term, trunc, info = env.step(np.array([steer], np.float32))
+            hits += info["collision"]
+            if term or trunc:
+                return hits
+
+    assert collisions(ExpertConfig()) == 0
+    assert collisions(replace(ExpertConfig(), clearance_m=0.8)) > 0
