@@ -81,8 +81,6 @@ class DriveData:
     palette: np.ndarray  # (256, 3) the colours the frames were drawn with
     track: Track | None = None  # None when the track cannot be loaded here: no viewpoint shifts then
     dropped: int = 0  # frames removed as bad data (off track, interventions and the second before)
-    traffic_part: np.ndarray | None = None  # (n,) traffic: the steering label minus the lane expert's
-    # at the same pose, the part of it the other cars cause (for sampling weights only; None elsewhere)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -273,12 +271,11 @@ def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None,
             track = None
             warnings.append(f"{path}: track {spec!r} not found here: no viewpoint shifts for this drive")
         frames = d.frames.subset(keep) if isinstance(d.frames, FrameStore) else np.ascontiguousarray(d.frames[keep])
-        traffic_part = traffic_parts(spec, denv, labels[keep], pose[keep]) if denv.task == "traffic" else None
         drives.append(DriveData(
             name=str(path.relative_to(data_dir)) if path != data_dir else path.name,
             frames=frames, labels=labels[keep], pose=pose[keep],
             source=source, track_spec=spec, palette=_palette_from_meta(d.meta), track=track,
-            dropped=int((~keep).sum()), traffic_part=traffic_part))
+            dropped=int((~keep).sum())))
     if built:
         size = sum(d.frames.nbytes for d in drives if isinstance(d.frames, FrameStore))
         print(f"decoded the frames of {built} drive(s) into the frame cache {root} "
@@ -287,18 +284,6 @@ def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None,
         raise UserError(f"--data {data_dir}: no usable frames in {len(paths)} drive(s)"
                         + (f" ({warnings[0]})" if warnings else ""))
     return DriveSet(drives=drives, env=env, warnings=warnings)
-
-
-def traffic_parts(spec: str, env: EnvConfig, labels: np.ndarray, pose: np.ndarray) -> np.ndarray:
-    """The part of each traffic steering label the other cars cause: the label minus the lane
-    expert's steering at the recorded pose (privileged state, used only to weight the sampling; the
-    policy still sees pixels alone). Zeros when the track cannot be loaded here."""
-    try:
-        track = load_track(spec)
-    except (UserError, ValueError, OSError):
-        return np.zeros(len(labels), np.float32)
-    lane = [task_expert_steering("lane", track, CarState(x, y, yaw, v), s, env) for x, y, yaw, v, s in pose]
-    return (labels - np.asarray(lane)).astype(np.float32)
 
 
 def split_by_drive(n_drives: int, val_fraction: float = 0.15, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -312,16 +297,12 @@ def split_by_drive(n_drives: int, val_fraction: float = 0.15, seed: int = 0) -> 
 
 
 def balance_weights(labels: np.ndarray, bins: int = 15, power: float = 0.7, speeds: np.ndarray | None = None,
-                    max_speed: float = 1.0, speed_bins: int = 10, traffic: np.ndarray | None = None,
-                    traffic_bins: int = 8, max_traffic: float = 0.4) -> np.ndarray:
+                    max_speed: float = 1.0, speed_bins: int = 10) -> np.ndarray:
     """Sampling weights that lift the rare curve frames against the many straight ones: inverse
     frequency of the |steering| histogram, softened by `power` (0 = no balancing, 1 = flat). Labels
     (n, 2) of the race task are balanced by their steering column and, given `speeds`, jointly by the
     speed too (in `speed_bins` up to `max_speed`): the rare launches from a standstill and the slow
-    hairpins are lifted against the many frames at full throttle. Given `traffic` (the part of each
-    label the other cars cause, `traffic_parts`), jointly by its size too (in `traffic_bins` up to
-    `max_traffic`): the rare pull-outs around a car weigh as much as the many lane-keeping frames of
-    the same total steering."""
+    hairpins are lifted against the many frames at full throttle."""
     labels = labels[:, 0] if labels.ndim == 2 else labels
     mag = np.clip(np.abs(labels), 0, 1)
     idx = np.minimum((mag * bins).astype(int), bins - 1)
@@ -329,10 +310,6 @@ def balance_weights(labels: np.ndarray, bins: int = 15, power: float = 0.7, spee
         fast = np.clip(np.asarray(speeds, np.float64) / max_speed, 0, 1)
         idx = idx * speed_bins + np.minimum((fast * speed_bins).astype(int), speed_bins - 1)
         bins *= speed_bins
-    if traffic is not None:
-        size = np.clip(np.abs(np.asarray(traffic, np.float64)) / max_traffic, 0, 1)
-        idx = idx * traffic_bins + np.minimum((size * traffic_bins).astype(int), traffic_bins - 1)
-        bins *= traffic_bins
     counts = np.bincount(idx, minlength=bins).astype(np.float64)
     w = (1.0 / np.maximum(counts[idx], 1.0)) ** power
     return w / w.sum()
@@ -411,12 +388,9 @@ class FrameDataset(torch.utils.data.Dataset):
             at = starts[self.index[:, 0]] + self.index[:, 1]
             self.labels = np.concatenate([d.labels for d in self.drives])[at]
             self.speeds = np.concatenate([d.pose[:, 3] for d in self.drives])[at]
-            self.traffic_parts = np.concatenate([np.zeros(len(d)) if d.traffic_part is None else d.traffic_part
-                                                 for d in self.drives])[at]
         else:
             self.labels = np.zeros(0, np.float32)
             self.speeds = np.zeros(0)
-            self.traffic_parts = np.zeros(0)
         cam = env.camera
         self.noise = noise_bank((cam.height, cam.width), augment.noise_std, seed)
         self._cameras: OrderedDict[int, Camera] = OrderedDict()  # least recently used first

@@ -81,7 +81,6 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.15
     balance: float = 0.7  # 0 = sample frames as recorded, 1 = flat |steering| histogram
-    balance_traffic: bool = False  # traffic: balance the size of the label's traffic part too
     epoch_frames: int | None = None  # samples per epoch; None: as many as training frames
     smooth: float | None = None  # label smoothing (s); None: keyboard drives 0.25 s, others none
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -462,10 +461,8 @@ def load_data(run: Run) -> TrainData:
     train_ds = FrameDataset(train_drives, data.env, cfg.augment, seed=cfg.seed)
     val_ds = FrameDataset(val_drives, data.env, NO_AUGMENT, index=val_index(val_drives)) if val_drives else None
     race = data.env.task == "race"  # race: balance the speeds too (launches and hairpins are rare)
-    traffic = data.env.task == "traffic" and cfg.balance_traffic  # traffic: the pull-outs around cars too
     weights = balance_weights(train_ds.labels, power=cfg.balance, speeds=train_ds.speeds if race else None,
-                              max_speed=data.env.race_car.max_speed_mps,
-                              traffic=train_ds.traffic_parts if traffic else None)
+                              max_speed=data.env.race_car.max_speed_mps)
     sampler = BalancedSampler(weights, cfg.epoch_frames or len(train_ds),
                               seed=cfg.seed, rank=run.ranks.rank, world=run.ranks.world)
     return TrainData(data, train_drives, val_drives, train_ds, val_ds, sampler)
@@ -865,14 +862,10 @@ def add_arguments(parser) -> None:
                         "(default: 0.25 for keyboard drives, none for others)")
     parser.add_argument("--no-augment", action="store_true", help="train on the recorded frames as they are")
     parser.add_argument("--init-from", metavar="MODEL_DIR", help="warm start from this policy's weights")
-    parser.add_argument("--balance-traffic", action="store_true",
-                        help="traffic: sample the frames where other cars change the steering as often as the "
-                             "lane-keeping ones of the same steering")
 
 
 def main(args) -> int:
-    cfg = TrainConfig(arch=args.arch, seed=args.seed, batch=args.batch, lr=args.lr, smooth=args.smooth,
-                      balance_traffic=args.balance_traffic)
+    cfg = TrainConfig(arch=args.arch, seed=args.seed, batch=args.batch, lr=args.lr, smooth=args.smooth)
     if args.no_augment:
         cfg = replace(cfg, augment=NO_AUGMENT)
     train(args.data, args.out, minutes=args.minutes, epochs=args.epochs, cfg=cfg, device=args.device,

@@ -385,37 +385,6 @@ def test_play_task_traffic_records_drives_of_that_task(tmp_path):
 
 
 
-# -- training on traffic drives -------------------------------------------------------------------
-def test_training_can_weigh_the_pull_outs_around_cars(tmp_path):
-    """A label's traffic part (minus the lane expert's steering at the recorded pose) is ~0 on a lane
-    drive and large where the traffic expert pulls out; `balance_traffic` samples those frames far
-    more often than the plain |steering| balance does."""
-    import io
-
-    from agent.dataset import load_drives, traffic_parts
-    from agent.train import TrainConfig, load_data, settle
-    from data.record import record_one
-    from sim.render import camera_from_name
-
-    for task, camera in (("lane", "birdseye"), ("traffic", "traffic")):
-        cfg = EnvConfig(track="procedural:0", task=task, camera=camera_from_name(camera), off_track="recover",
-                        max_steps=400)
-        record_one("procedural:0", 1, str(tmp_path / task / "d0"), cfg, noise=0.3, seed=3)
-    lane = load_drives(tmp_path / "lane", stream=io.StringIO()).drives[0]
-    assert lane.traffic_part is None
-    assert np.abs(traffic_parts("procedural:0", EnvConfig(), lane.labels, lane.pose)).max() < 1e-4
-    part = load_drives(tmp_path / "traffic", stream=io.StringIO()).drives[0].traffic_part
-    pulling = np.abs(part) > 0.05
-    assert 0.05 < pulling.mean() < 0.5 and np.abs(part).max() > 0.15
-
-    shares = {}
-    for on in (False, True):
-        run = settle(TrainConfig(balance_traffic=on, val_fraction=0.0), tmp_path / "traffic", tmp_path / f"p{on}",
-                     None, 1, "cpu", False, False, None, None, False, None)
-        shares[on] = load_data(run).sampler.p[pulling].sum()
-    assert shares[True] > shares[False] + 0.1
-
-
 @pytest.mark.parametrize("spec", ["procedural:1000", "procedural:1001"])
 def test_a_clone_moving_aside_only_60_percent_as_far_still_clears_the_cars(spec):
     """Cloned policies move aside only ~60% as far as the expert (their traffic part of the steering
