@@ -146,7 +146,7 @@ class Expert:
 class RaceExpertConfig:
     """The race autopilot: a minimum-time speed profile along the centerline, pure pursuit to hold it."""
 
-    lateral_grip_use: float = 0.85  # plan corners at this share of the tyres' grip (the rest steers)
+    lateral_grip_use: float = 0.75  # plan corners at this share of the tyres' grip (the rest steers)
     brake_grip_use: float = 0.75  # plan braking at this share of the grip (full braking is ~0.9)
     accel_grip_use: float = 0.85  # plan accelerating out of corners at this share of the front's grip
     curvature_window_m: float = 9.0  # curvature averaged over this much road (centerline noise)
