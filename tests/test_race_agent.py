@@ -68,10 +68,10 @@ def test_race_recording_leaves_the_speed_profile_and_labels_the_way_back(tmp_pat
     from sim.env import EnvConfig
     from sim.expert import RaceExpert
 
-    record_autopilot("procedural:1", 1, tmp_path / "d", noise=0.3, workers=1, task="race", verbose=False)
+    record_autopilot("procedural:2", 1, tmp_path / "d", noise=0.3, workers=1, task="race", verbose=False)
     drive = read_drive(next((tmp_path / "d").iterdir()))
     assert drive.meta["driver"]["pedal_excursions"]["rate_hz"] > 0
-    expert, car, track = RaceExpert(), EnvConfig(task="race").race_car, load_track("procedural:1")
+    expert, car, track = RaceExpert(), EnvConfig(task="race").race_car, load_track("procedural:2")
     st, thr = drive.state, drive.throttle
     slow = fast = 0
     for i in range(100, len(drive)):  # after the standing start
