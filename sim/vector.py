@@ -6,13 +6,15 @@ than our env's whole step (~50-90 us): the main process sends each env its actio
 waits for every worker process to wake up and answer, and merges each env's `info` key by key.
 
 Here the main process steps the first group of envs itself while worker processes step the other
-groups: each worker gets its group's actions in one message and answers with one (rewards, flags,
-infos); frames go through shared memory, never through a pipe; workers are woken by semaphores
-(see `_send`); `info` is merged into arrays by one numpy call. The result has the layout of
-gymnasium's vector envs: frames (N, H, W, 3), rewards, terminated, truncated (N,), and `info[key]`
-arrays with `info["_key"]` masks. Autoreset is gymnasium's default, next step: the step after an
-episode ends resets that env (its action is ignored) and returns the new episode's first frame.
-`reset(seed=s)` seeds env i with s + i, as gymnasium does.
+groups, and a step sends nothing through a pipe: actions, frames, rewards, flags and the numbers of
+each `info` all live in shared memory (the info's other values, the track's name, are sent only when
+they change). A step is two semaphore signals per worker: "go" and "done". Each waiting side first
+busy-waits briefly for the signal (a step is tens of microseconds; waking a sleeping process costs
+as much again), then sleeps. The result has the layout of gymnasium's vector envs: frames (N, H, W,
+3), rewards, terminated, truncated (N,), and `info[key]` arrays with `info["_key"]` masks. Autoreset
+is gymnasium's default, next step: the step after an episode ends resets that env (its action is
+ignored) and returns the new episode's first frame. `reset(seed=s)` seeds env i with s + i, as
+gymnasium does.
 
 It pays only with free cores: a worker that must share a core with other jobs waits for it at every
 step (measured figures in the README, "Speed").
@@ -23,10 +25,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import operator
 import os
-import pickle
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -35,76 +36,181 @@ from gymnasium.vector.utils import batch_space
 
 from .env import DriveEnv
 
-WAIT_POLL_S = 200e-6  # the main process polls this long for a worker's answer before it sleeps
-_STEP = b"s"  # the first byte of a step message; any other message is a pickled (command, argument)
+SPIN_S = 1e-3  # how long a process busy-waits for the other side's signal before it sleeps
+_STEP, _MESSAGE = 1, 2  # what a woken worker is to do: step the shared actions, or read its pipe
+_RESULTS = ("reward", "terminated", "truncated")  # a step's results beside its info, in the shared table
+
+
+class _Layout:
+    """Where an env's step lands in the shared results table: its reward, flags and each number of
+    its `info`, typed as gymnasium types them, in one block per type (a row per key, a column per
+    env, so a key's values for all envs are one contiguous row). The probe step's info fixes the keys
+    and types: a step whose info has other keys or types (none of `DriveEnv`'s do) is sent whole."""
+
+    def __init__(self, info: dict):
+        self.keys = tuple(info)
+        self.types = tuple(type(v) for v in info.values())
+        dtypes = [_dtype_of(v) for v in info.values()] + [np.dtype(np.float64), np.dtype(np.bool_), np.dtype(np.bool_)]
+        names = list(self.keys) + ["/" + k for k in _RESULTS]  # "/": no info key clashes with a result
+        self.objects = [i for i, t in enumerate(dtypes) if t is object]
+        self.object_keys = [names[i] for i in self.objects]
+        self.blocks: list[tuple[np.dtype, list[str], _Picker]] = []  # (type, names, what picks its values)
+        for dtype in dict.fromkeys(t for t in dtypes if t is not object):
+            where = [i for i, t in enumerate(dtypes) if t == dtype]
+            self.blocks.append((dtype, [names[i] for i in where], _Picker(where)))
+        self.number_types = {names[i]: self.types[i] for i in range(len(self.keys)) if i not in self.objects}
+        self._objects = _Picker(self.objects)
+
+    def fits(self, info: dict) -> bool:
+        return tuple(info) == self.keys and tuple(map(type, info.values())) == self.types
+
+    def objects_of(self, values: tuple) -> tuple:
+        return self._objects(values)
+
+
+class _Picker:
+    """Picks `indices` out of a tuple, as a tuple, at operator.itemgetter's speed (and pickles, for
+    worker processes started by spawn)."""
+
+    def __init__(self, indices: list[int]):
+        self.indices = list(indices)
+        self._get = operator.itemgetter(*indices) if indices else None
+
+    def __call__(self, values: tuple) -> tuple:
+        if len(self.indices) > 1:
+            return self._get(values)
+        return (self._get(values),) if self._get else ()
+
+    def __getstate__(self) -> list[int]:
+        return self.indices
+
+    def __setstate__(self, indices: list[int]) -> None:
+        self.__init__(indices)
+
+
+class _Shared:
+    """The shared-memory arrays of a vector env: frames, actions, the results table's blocks, and per
+    worker what it is to do and whether its answer waits in its pipe."""
+
+    def __init__(self, ctx, num_envs: int, frame_shape: tuple[int, ...], action_size: int, layout: _Layout,
+                 workers: int):
+        self.shapes = ((num_envs, *frame_shape), (num_envs, action_size))
+        self.blocks = [(dtype, (len(names), num_envs)) for dtype, names, _ in layout.blocks]
+        self.buffers = (ctx.RawArray("B", int(np.prod(self.shapes[0]))), ctx.RawArray("f", num_envs * action_size),
+                        [ctx.RawArray("B", dtype.itemsize * n * m) for dtype, (n, m) in self.blocks],
+                        ctx.RawArray("b", 2 * max(workers, 1)))
+
+    def views(self) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
+        """(frames, actions, the results' blocks, mailbox): mailbox[w, 0] is worker w's command,
+        [w, 1] set when its answer is in its pipe."""
+        frames, actions, blocks, mailbox = self.buffers
+        return (np.frombuffer(frames, np.uint8).reshape(self.shapes[0]),
+                np.frombuffer(actions, np.float32).reshape(self.shapes[1]),
+                [np.frombuffer(b, dtype).reshape(shape) for b, (dtype, shape) in zip(blocks, self.blocks)],
+                np.frombuffer(mailbox, np.int8).reshape(-1, 2))
 
 
 class _Group:
-    """Envs stepped one after the other by one process, each writing its frame into the shared batch."""
+    """Envs stepped one after the other by one process, each writing its frame and results into the
+    shared arrays."""
 
-    def __init__(self, envs: list[DriveEnv], first: int, frames: np.ndarray):
-        self.envs, self.first, self.frames = envs, first, frames
+    def __init__(self, envs: list[DriveEnv], first: int, shared: _Shared, layout: _Layout):
+        self.envs, self.first, self.layout = envs, first, layout
+        self.frames, self.actions, self.results, _ = shared.views()
         self.ended = [False] * len(envs)  # the episode ended last step: the next step resets
+        self.objects_sent: list[tuple | None] = [None] * len(envs)
 
     def reset(self, seeds: list[int | None], options: dict | None) -> list[dict]:
         infos = []
         for j, env in enumerate(self.envs):
             self.frames[self.first + j], info = env.reset(seed=seeds[j], options=options)
             self.ended[j] = False
+            self.objects_sent[j] = None  # the main process's copy is replaced by the reset's infos
             infos.append(info)
         return infos
 
-    def step(self, actions: np.ndarray) -> list[tuple[float, bool, bool, dict]]:
-        out = []
+    def step(self) -> tuple[list[tuple], dict[int, tuple]]:
+        """Step every env with its shared action. Returns the steps that do not fit the table, as
+        (env, reward, terminated, truncated, info), and the info objects that changed, by env."""
+        odd, changed = [], {}
         for j, env in enumerate(self.envs):
+            i = self.first + j
             if self.ended[j]:
                 obs, info = env.reset()
                 reward, terminated, truncated = 0.0, False, False
             else:
-                obs, reward, terminated, truncated, info = env.step(actions[j])
+                obs, reward, terminated, truncated, info = env.step(self.actions[i].copy())  # the env may keep it
             self.ended[j] = terminated or truncated
-            self.frames[self.first + j] = obs
-            out.append((reward, terminated, truncated, info))
-        return out
+            self.frames[i] = obs
+            if not self.layout.fits(info):
+                odd.append((i, reward, terminated, truncated, info))
+                self.objects_sent[j] = None
+                continue
+            values = (*info.values(), reward, terminated, truncated)
+            for block, (_, _, pick) in zip(self.results, self.layout.blocks):
+                block[:, i] = pick(values)
+            objects = self.layout.objects_of(values)
+            if objects != self.objects_sent[j]:
+                changed[i] = self.objects_sent[j] = objects
+        return odd, changed
 
     def close(self) -> None:
         for env in self.envs:
             env.close()
 
 
-def _worker(conn, go, done, env_kwargs: dict, first: int, count: int, shared, shape: tuple[int, ...]) -> None:
-    """A worker process: builds its envs, then answers "reset" and "step" until "close". It waits on
-    the semaphore `go` and signals each answer on `done` (see `DriveVectorEnv._send`)."""
+class _PartnerGone(RuntimeError):
+    """The process on the other side of a vector env's semaphores has died."""
+
+
+def _wait(sem, spin_s: float, alive: Callable[[], bool], who: str) -> None:
+    """Take the semaphore: busy-wait up to `spin_s` (giving the core to any process waiting for it),
+    then sleep. Raises RuntimeError when `alive()` turns false while asleep."""
+    if sem.acquire(False):
+        return
+    if spin_s > 0:
+        end = time.perf_counter() + spin_s
+        while time.perf_counter() < end:
+            os.sched_yield()
+            if sem.acquire(False):
+                return
+    while not sem.acquire(timeout=1.0):
+        if not alive():
+            raise _PartnerGone(f"an E2EDrive vector env {who} process died")
+
+
+def _worker(conn, go, done, index: int, env_kwargs: dict, first: int, count: int, shared: _Shared,
+            layout: _Layout, spin_s: float) -> None:
+    """A worker process: builds its envs, then steps them when signalled on `go` (or reads a
+    "reset" or "close" from its pipe) and signals `done`. Answers other than a step's go through the
+    pipe, flagged in the mailbox."""
     group = None
+    mailbox = shared.views()[3]
+    parent = os.getppid()
 
     def answer(ok: bool, payload) -> None:
+        mailbox[index, 1] = 1
         conn.send((ok, payload))
         done.release()
 
     try:
-        frames = np.frombuffer(shared, np.uint8).reshape(shape)
-        group = _Group([DriveEnv(**env_kwargs) for _ in range(count)], first, frames)
+        group = _Group([DriveEnv(**env_kwargs) for _ in range(count)], first, shared, layout)
         answer(True, None)
-        sent_keys = None  # the info keys every env of the group had last time they were sent
         while True:
-            go.acquire()  # then the message is in the pipe already
-            message = conn.recv_bytes()
-            if message[:1] == _STEP:  # the group's actions, raw float32: no pickling on the way in
-                actions = np.frombuffer(message, np.float32, offset=1).reshape(count, -1)
-                rows = group.step(actions)
-                keys = [tuple(info) for *_, info in rows]
-                if all(k == sent_keys for k in keys):
-                    keys = None  # the keys the main process knows already: the values only
-                elif all(k == keys[0] for k in keys):
-                    sent_keys = keys[0]
-                answer(True, ([(r, te, tr, tuple(info.values())) for r, te, tr, info in rows], keys))
+            _wait(go, spin_s, lambda: os.getppid() == parent, "main")
+            if mailbox[index, 0] == _STEP:
+                odd, changed = group.step()
+                if odd or changed:
+                    answer(True, (odd, changed))
+                else:
+                    done.release()
                 continue
-            command, arg = pickle.loads(message)
+            command, arg = conn.recv()
             if command == "reset":
                 answer(True, group.reset(*arg))
             else:  # "close"
                 break
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _PartnerGone):
         pass
     except Exception:  # noqa: BLE001 - any failure goes back to the main process, which raises it
         try:
@@ -130,28 +236,30 @@ class DriveVectorEnv(VectorEnv):
             raise ValueError("DriveVectorEnv does not render; use vectorization_mode='sync' to render")
         env_kwargs.pop("render_mode", None)
         self.closed = True  # until the workers run
-        self._poll_s = WAIT_POLL_S
         self.num_envs = int(num_envs)
         envs = [DriveEnv(**env_kwargs)]
         self.single_observation_space = envs[0].observation_space
         self.single_action_space = envs[0].action_space
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        shape = (self.num_envs, *self.single_observation_space.shape)
-        ctx = mp.get_context()
-        self._shared = ctx.RawArray("B", int(np.prod(shape)))
-        self._frames = np.frombuffer(self._shared, np.uint8).reshape(shape)
+        self._layout = _Layout(_probe_info(env_kwargs, self.single_action_space))
         n_proc = max(1, min(self.num_envs, processes or _cores()))
+        self._spin_s = SPIN_S if n_proc <= _cores() else 0.0  # busy-waiting for a process without a core of its own only delays it
+        ctx = mp.get_context()
+        self._shared = _Shared(ctx, self.num_envs, self.single_observation_space.shape,
+                               int(np.prod(self.single_action_space.shape)), self._layout, n_proc - 1)
+        self._frames, self._actions, self._results, self._mailbox = self._shared.views()
         bounds = np.linspace(0, self.num_envs, n_proc + 1).astype(int).tolist()  # the main process: fewest
         self._bounds = list(zip(bounds[:-1], bounds[1:]))  # [first, end) of each process's envs
         envs += [DriveEnv(**env_kwargs) for _ in range(bounds[1] - 1)]
-        self._own = _Group(envs, 0, self._frames)
+        self._own = _Group(envs, 0, self._shared, self._layout)
+        self._objects: list[tuple | None] = [None] * self.num_envs  # each env's info objects, as last sent
         self._pipes, self._procs, self._go, self._done = [], [], [], []
-        for first, end in self._bounds[1:]:
+        for w, (first, end) in enumerate(self._bounds[1:]):
             parent, child = ctx.Pipe()
             go, done = ctx.Semaphore(0), ctx.Semaphore(0)
-            proc = ctx.Process(target=_worker, args=(child, go, done, env_kwargs, first, end - first, self._shared,
-                                                     shape),
+            proc = ctx.Process(target=_worker, args=(child, go, done, w, env_kwargs, first, end - first,
+                                                     self._shared, self._layout, self._spin_s),
                                name=f"E2EDrive-vector-{first}", daemon=True)
             proc.start()
             child.close()
@@ -161,16 +269,13 @@ class DriveVectorEnv(VectorEnv):
             self._procs.append(proc)
         self.closed = False
         try:
-            for pipe in self._pipes:
-                self._answer(pipe)
+            self._answers()
         except BaseException:
             self.close()
             raise
-        self._info_keys: tuple[str, ...] | None = None
-        self._mask_keys: list[str] = []
-        self._worker_keys: list[tuple[str, ...] | None] = [None] * len(self._pipes)  # as each last sent them
-        self._all = np.ones(self.num_envs, np.bool_)  # the `_key` masks: one read-only array, all True
-        self._all.flags.writeable = False
+        every = np.ones(self.num_envs, np.bool_)  # the `_key` masks: one read-only array, all True
+        every.flags.writeable = False
+        self._masks = {"_" + k: every for k in self._layout.keys}
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict | None = None):
         if seed is None:
@@ -181,34 +286,45 @@ class DriveVectorEnv(VectorEnv):
             seeds = list(seed)
             if len(seeds) != self.num_envs:
                 raise ValueError(f"{len(seeds)} seeds for {self.num_envs} envs")
-        for pipe, (first, end) in zip(self._pipes, self._bounds[1:]):
-            self._send(pipe, pickle.dumps(("reset", (seeds[first:end], options))))
+        for w, (first, end) in enumerate(self._bounds[1:]):
+            self._message(w, ("reset", (seeds[first:end], options)))
         infos = self._own.reset(seeds[:self._bounds[0][1]], options)
-        for pipe in self._pipes:
-            infos += self._answer(pipe)
-        return self._frames.copy(), self._merge([tuple(i.values()) for i in infos], [tuple(i) for i in infos])
+        for answer in self._answers():
+            infos += answer
+        self._objects = [None] * self.num_envs  # every env sends its info objects again at the next step
+        merged: dict = {}
+        for i, info in enumerate(infos):
+            merged = self._add_info(merged, info, i)
+        return self._frames.copy(), merged
 
     def step(self, actions):
-        actions = np.ascontiguousarray(actions, np.float32).reshape(self.num_envs, -1)
-        for pipe, (first, end) in zip(self._pipes, self._bounds[1:]):
-            self._send(pipe, _STEP + actions[first:end].tobytes())
+        self._actions[:] = np.asarray(actions, np.float32).reshape(self._actions.shape)
+        for w in range(len(self._procs)):
+            self._mailbox[w, 0] = _STEP
+            self._go[w].release()
         try:
-            results = self._own.step(actions)  # our own envs while the workers step theirs
+            odd, changed = self._own.step()  # our own envs while the workers step theirs
         except BaseException:
-            for w in range(len(self._pipes)):  # the workers' answers to this step, so the next one reads its own
-                self._step_answer(w)
+            self._collect([], {})  # the workers' answers to this step, so the next one reads its own
             raise
-        rows = [(r, te, tr, tuple(info.values()), tuple(info)) for r, te, tr, info in results]
-        for w in range(len(self._pipes)):
-            rows += self._step_answer(w)
-        rewards, terminated, truncated, values, keys = zip(*rows)
-        return (self._frames.copy(), np.array(rewards, np.float64), np.array(terminated, np.bool_),
-                np.array(truncated, np.bool_), self._merge(values, keys))
+        self._collect(odd, changed)
+        table: dict[str, np.ndarray] = {}  # every number's row over the envs, from a copy of its block
+        for block, (_, names, _) in zip(self._results, self._layout.blocks):
+            table.update(zip(names, block.copy()))
+        rewards, terminated, truncated = (table.pop("/" + k) for k in _RESULTS)
+        if odd:
+            return self._frames.copy(), *self._merge_odd(table, odd, rewards, terminated, truncated)
+        for n, k in enumerate(self._layout.object_keys):
+            table[k] = np.empty(self.num_envs, object)
+            table[k][:] = [objects[n] for objects in self._objects]
+        info = {k: table[k] for k in self._layout.keys}  # in the env's own order of keys
+        info.update(self._masks)  # every env has every key
+        return self._frames.copy(), rewards, terminated, truncated, info
 
     def close_extras(self, **kwargs: Any) -> None:
-        for pipe in self._pipes:
+        for w in range(len(self._procs)):
             try:
-                self._send(pipe, pickle.dumps(("close", None)))
+                self._message(w, ("close", None))
             except OSError:
                 pass  # that worker is gone already
         for proc in self._procs:
@@ -220,69 +336,67 @@ class DriveVectorEnv(VectorEnv):
         self._pipes, self._procs = [], []
         self._own.close()
 
-    def _send(self, pipe, message: bytes) -> None:
-        """A message to a worker, which waits on a semaphore, not on the pipe (and answers the same
-        way): a process woken by a pipe is moved to the waker's core (Linux expects the waker to
-        sleep now: a "sync" wakeup), where the woken worker would wait for the main process to
-        step its own envs; woken by a semaphore, it runs on a free core at once."""
-        pipe.send_bytes(message)
-        self._go[self._pipes.index(pipe)].release()
+    def _message(self, w: int, message: tuple) -> None:
+        self._pipes[w].send(message)
+        self._mailbox[w, 0] = _MESSAGE
+        self._go[w].release()
 
-    def _step_answer(self, w: int) -> list[tuple]:
-        """Worker w's answer to a step: (reward, terminated, truncated, info values, info keys) per
-        env. Workers send the keys only when they are not those they sent last."""
-        answer, keys = self._answer(self._pipes[w])
-        if keys is None:
-            keys = [self._worker_keys[w]] * len(answer)
-        elif all(k == keys[0] for k in keys):
-            self._worker_keys[w] = keys[0]
-        return [(*row, k) for row, k in zip(answer, keys)]
+    def _answers(self) -> list:
+        """Every worker's answer, in order (None for a step that fit the shared table). Waits for
+        all of them before raising a worker's failure, so the next call reads its own answers."""
+        answers, failure = [], None
+        for w, proc in enumerate(self._procs):
+            _wait(self._done[w], self._spin_s, proc.is_alive, "worker")
+            if not self._mailbox[w, 1]:
+                answers.append(None)
+                continue
+            self._mailbox[w, 1] = 0
+            try:
+                ok, payload = self._pipes[w].recv()
+            except EOFError:
+                raise RuntimeError("an E2EDrive vector env worker process died") from None
+            if not ok and failure is None:
+                failure = payload
+            answers.append(payload if ok else None)
+        if failure is not None:
+            raise RuntimeError(f"an E2EDrive vector env worker failed:\n{failure}")
+        return answers
 
-    def _answer(self, pipe):
-        w = self._pipes.index(pipe)
-        if self._poll_s and not pipe.poll(0):  # the answer is usually tens of microseconds away:
-            deadline = time.perf_counter() + self._poll_s  # waking from sleep would take about as long again
-            while not pipe.poll(0) and time.perf_counter() < deadline:
-                os.sched_yield()  # another process waiting for this core (a worker, perhaps) goes first
-        while not self._done[w].acquire(timeout=1.0):
-            if not self._procs[w].is_alive() and not pipe.poll(0):
-                raise RuntimeError("an E2EDrive vector env worker process died")
-        try:
-            ok, payload = pipe.recv()
-        except EOFError:
-            raise RuntimeError("an E2EDrive vector env worker process died") from None
-        if not ok:
-            raise RuntimeError(f"an E2EDrive vector env worker failed:\n{payload}")
-        return payload
+    def _collect(self, odd: list[tuple], changed: dict[int, tuple]) -> None:
+        """The workers' answers to a step: their steps that did not fit the table join `odd`, and
+        every changed info object is recorded."""
+        for answer in self._answers():
+            if answer is not None:
+                odd += answer[0]
+                changed.update(answer[1])
+        for i, objects in changed.items():
+            self._objects[i] = objects
 
-    def _merge(self, values: Sequence[tuple], keys: Sequence[tuple[str, ...]]) -> dict[str, np.ndarray]:
-        """The envs' infos (each as its values and its keys) as gymnasium's vector envs give them:
-        `info[key]` an array over the envs, `info["_key"]` True where the env has the key. When every
-        env has the same keys (a `DriveEnv` always does), one numpy call makes the arrays of all the
-        numbers and flags (an object array per other key, e.g. the track's name); otherwise they
-        are merged key by key, as gymnasium does."""
-        if keys[0] != self._info_keys:
-            self._info_keys = first = keys[0]
-            types = [_dtype_of(v) for v in values[0]]
-            numbers = [i for i, t in enumerate(types) if t is not object]
-            self._numbers = operator.itemgetter(*numbers) if len(numbers) > 1 else lambda v: (v[numbers[0]],)
-            self._numbers_dtype = np.dtype([(first[i], types[i]) for i in numbers]) if numbers else None
-            self._objects = [(i, first[i]) for i, t in enumerate(types) if t is object]
-            self._mask_keys = ["_" + k for k in first]
-        if any(k != self._info_keys for k in keys):
-            merged: dict = {}
-            for i, (v, k) in enumerate(zip(values, keys)):
-                merged = self._add_info(merged, dict(zip(k, v)), i)
-            return merged
-        merged = {}
-        if self._numbers_dtype is not None:
-            table = np.array([self._numbers(v) for v in values], self._numbers_dtype)
-            merged = {k: table[k] for k in self._numbers_dtype.names}
-        for i, k in self._objects:
-            merged[k] = np.empty(self.num_envs, object)
-            merged[k][:] = [v[i] for v in values]
-        merged.update(dict.fromkeys(self._mask_keys, self._all))  # every env has every key
-        return merged
+    def _merge_odd(self, table: dict[str, np.ndarray], odd: list[tuple], rewards, terminated, truncated):
+        """Rewards, flags and infos merged key by key (as gymnasium does) when some step did not fit
+        the shared table: those steps come whole, the others are rebuilt from the table."""
+        whole = {row[0]: row for row in odd}
+        types = self._layout.number_types
+        merged: dict = {}
+        for i in range(self.num_envs):
+            if i in whole:
+                _, rewards[i], terminated[i], truncated[i], info = whole[i]
+            else:
+                values = {k: t(table[k][i]) for k, t in types.items()}  # the env's own types: gymnasium types by them
+                values.update(zip(self._layout.object_keys, self._objects[i]))
+                info = {k: values[k] for k in self._layout.keys}
+            merged = self._add_info(merged, info, i)
+        return rewards, terminated, truncated, merged
+
+
+def _probe_info(env_kwargs: dict, action_space) -> dict:
+    """The info of one step of a throwaway env: the keys and types a step's info has."""
+    env = DriveEnv(**env_kwargs)
+    try:
+        env.reset(seed=0)
+        return env.step(np.zeros(action_space.shape, np.float32))[4]
+    finally:
+        env.close()
 
 
 def _cores() -> int:

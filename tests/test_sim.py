@@ -220,6 +220,27 @@ def test_drive_vector_env_steps_envs_in_parallel_with_gymnasiums_results():
     assert not any(p.is_alive() for p in procs)
 
 
+def test_a_drive_vector_env_merges_infos_that_do_not_fit_its_table_as_gymnasium_does():
+    """A step whose info has other types than the probe step's (here: every step, as if the table
+    had been laid out for a float `lap`) is merged key by key, with gymnasium's exact results."""
+    from sim.vector import DriveVectorEnv, _Layout
+
+    ours = DriveVectorEnv(num_envs=2, processes=1, track="procedural:0-3")
+    sync = gym.make_vec("E2EDrive-v0", num_envs=2, vectorization_mode="sync", track="procedural:0-3")
+    try:
+        info = ours.reset(seed=1)[1]
+        ours._own.layout = _Layout({k: (float(v[0]) if k == "lap" else v[0].item() if v.dtype != object else v[0])
+                                    for k, v in info.items() if not k.startswith("_")})
+        sync.reset(seed=1)
+        for _ in range(30):
+            act = np.array([[0.6], [-0.1]], np.float32)
+            for a, b in zip(ours.step(act), sync.step(act)):
+                assert same_batch(a, b)
+    finally:
+        ours.close()
+        sync.close()
+
+
 def same_batch(a, b) -> bool:
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(same_batch(a[k], b[k]) for k in a)
