@@ -182,3 +182,29 @@ def test_env_grass_holds_less_than_asphalt(ring_csv):
         return max(accel[10:])
 
     assert hardest_turn(55.0) < 0.6 * hardest_turn(40.0)
+
+
+@pytest.mark.parametrize("spec", ["challenge:15", "challenge:19"])
+def test_a_driver_8_percent_too_fast_stays_on_the_road_thanks_to_the_experts_margin(spec):
+    """A clone's braking is a little late and soft: it holds the expert's speed profile a few percent
+    too fast. The expert plans corners at 75% of the grip so that such a driver (here: the expert's
+    steering, and its profile held 8% too fast) still stays on the road; with corners planned at 85%
+    it runs wide."""
+    from dataclasses import replace
+
+    from sim.env import EnvConfig
+
+    def off_track_events(cfg: RaceExpertConfig) -> int:
+        env = DriveEnv(config=EnvConfig(track=spec, task="race", camera=sim.camera_from_name("race"),
+                                        off_track="recover"))
+        env.reset(seed=0)
+        e, expert = env.unwrapped, RaceExpert(cfg)
+        while True:
+            target = 1.08 * expert.target_speed(e.track, e.cfg.race_car, e.proj.s, e.car.speed)
+            throttle = float(np.clip(cfg.speed_gain * (target - e.car.speed) + 0.1, -1.0, 1.0))  # as the expert
+            _, _, terminated, truncated, info = env.step(np.array([expert.steering(env), throttle], np.float32))
+            if terminated or truncated:
+                return info["off_track_count"]
+
+    assert off_track_events(RaceExpertConfig()) == 0
+    assert off_track_events(replace(RaceExpertConfig(), lateral_grip_use=0.85)) > 0
