@@ -384,7 +384,6 @@ def test_play_task_traffic_records_drives_of_that_task(tmp_path):
     assert len(drive) == 39
 
 
-
 @pytest.mark.parametrize("spec", ["procedural:1000", "procedural:1001"])
 def test_a_clone_moving_aside_only_60_percent_as_far_still_clears_the_cars(spec):
     """Cloned policies move aside only ~60% as far as the expert (their traffic part of the steering
