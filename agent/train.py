@@ -83,6 +83,7 @@ class TrainConfig:
     balance: float = 0.7  # 0 = sample frames as recorded, 1 = flat |steering| histogram
     epoch_frames: int | None = None  # samples per epoch; None: as many as training frames
     smooth: float | None = None  # label smoothing (s); None: keyboard drives 0.25 s, others none
+    precision: str = "auto"  # auto: bf16 autocast on GPUs that have it, float32 on CPU; bf16; float32
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     @staticmethod
@@ -297,6 +298,8 @@ def _check_settings(cfg: TrainConfig, minutes: float | None, epochs: int | None,
         raise UserError(f"--workers {workers}: must be >= 0")
     if cfg.smooth is not None and not (0 <= cfg.smooth < 10):
         raise UserError(f"--smooth {cfg.smooth}: must be between 0 and 10 seconds")
+    if cfg.precision not in PRECISIONS:
+        raise UserError(f"--precision {cfg.precision}: choose from {', '.join(PRECISIONS)}")
 
 
 @dataclass(frozen=True)
@@ -362,10 +365,25 @@ class Ranks:
         return str(self.device) + (f" x{self.world}" if self.world > 1 else "")
 
 
-def use_bf16(dev: torch.device) -> bool:
-    """bf16 autocast on GPUs that support it (Ampere and newer): faster maths, no loss scaling needed
-    (bf16 keeps float32's range). Weights, optimiser state and saved policies stay float32."""
-    return dev.type == "cuda" and torch.cuda.is_bf16_supported()
+PRECISIONS = ("auto", "bf16", "float32")
+
+
+def bf16_supported(dev: torch.device) -> bool:
+    """Native bf16 maths: GPUs from Ampere on, CPUs with AVX512-BF16 or AMX (elsewhere a CPU emulates
+    it, slower than float32)."""
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return dev.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def use_bf16(dev: torch.device, precision: str = "auto") -> bool:
+    """bf16 autocast: faster maths, no loss scaling needed (bf16 keeps float32's range). Weights,
+    optimiser state and saved policies stay float32. `auto` takes it on GPUs only, so CPU training
+    (and its published figures) stays float32 unless asked: `bf16` on a CPU with native bf16 trains
+    PilotNet ~1.5x faster (`bench`)."""
+    if precision == "float32":
+        return False
+    return bf16_supported(dev) and (precision == "bf16" or dev.type == "cuda")
 
 
 @dataclass(frozen=True)
@@ -406,6 +424,8 @@ def settle(cfg: TrainConfig, data_dir, out_dir, minutes: float | None, epochs: i
     except ValueError as e:
         raise UserError(f"--camera {camera}: {e}") from None
     ranks = Ranks.from_env(device)
+    if cfg.precision == "bf16" and not bf16_supported(ranks.device):
+        raise UserError(f"--precision bf16: {ranks.device} has no native bf16 maths here (use float32 or auto)")
     out = Path(out_dir)
     if ranks.main:
         _check_out(out, resume, overwrite)
@@ -609,7 +629,7 @@ class Checkpoints:
                          "minutes": round(state.trained_s / 60, 2), "frames_seen": state.frames_seen,
                          "frames_per_s": round(state.frames_seen / max(state.trained_s, 1e-9), 1),
                          "device": str(ranks.device), "world_size": ranks.world,
-                         "precision": "bf16 autocast" if use_bf16(ranks.device) else "float32",
+                         "precision": "bf16 autocast" if use_bf16(ranks.device, run.cfg.precision) else "float32",
                          "threads": torch.get_num_threads() if ranks.device.type == "cpu" else None,
                          "torch": torch.__version__, "config": asdict(run.cfg),
                          "init_from": None if run.init_from is None else str(run.init_from)},
@@ -682,7 +702,7 @@ def train_epoch(run: Run, data: TrainData, net: torch.nn.Module, opt: torch.opti
     steps with the same learning rate (rank 0's clock decides). Returns this rank's mean training
     loss and the frames/s of all ranks."""
     cfg, dev = run.cfg, run.ranks.device
-    bf16 = use_bf16(dev)
+    bf16 = use_bf16(dev, cfg.precision)
     loader = epoch_loader(run, data, state)
     net.train()
     loss_sum, loss_n, frames, t_start = torch.zeros((), device=dev), 0, 0, time.perf_counter()
@@ -722,7 +742,7 @@ def train_epoch(run: Run, data: TrainData, net: torch.nn.Module, opt: torch.opti
     return float(loss_sum) / max(loss_n, 1), frames * run.ranks.world / max(elapsed, 1e-9)
 
 
-def validate(net: torch.nn.Module, val_ds: FrameDataset | None, ranks: Ranks) -> float | None:
+def validate(net: torch.nn.Module, val_ds: FrameDataset | None, ranks: Ranks, bf16: bool = False) -> float | None:
     """Mean squared steering error over the validation frames (each rank scores its share)."""
     if val_ds is None:
         return None
@@ -734,7 +754,7 @@ def validate(net: torch.nn.Module, val_ds: FrameDataset | None, ranks: Ranks) ->
              if ranks.world > 1 else None)
     loader = torch.utils.data.DataLoader(val_ds, batch_size=256, sampler=share, collate_fn=collate,
                                          pin_memory=dev.type == "cuda")
-    with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=use_bf16(dev)):
+    with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
         for xb, yb in loader:
             pred = model(xb.to(dev, non_blocking=True)).float()
             tot[0] += F.mse_loss(pred, yb.to(dev, non_blocking=True), reduction="sum").double()
@@ -765,7 +785,7 @@ def end_epoch(run: Run, state: RunState, budget: Budget, train_loss: float, val:
 
 def announce(run: Run, data: TrainData, params: int) -> None:
     cfg, n_val = run.cfg, len(data.val_ds) if data.val_ds else 0
-    precision = " (bf16 autocast)" if use_bf16(run.ranks.device) else ""
+    precision = " (bf16 autocast)" if use_bf16(run.ranks.device, cfg.precision) else ""
     budget = (f"{run.minutes:g} minutes" if run.minutes is not None
               else f"{run.epochs} epochs of {cfg.epoch_frames or len(data.train_ds):,} samples")
     task = data.drives.env.task
@@ -825,7 +845,7 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, minutes: f
             pick_threads(cfg.arch, camera_cfg, cfg.batch, run.threads)
         train_loss, frames_per_s = train_epoch(run, data, net, opt, state, budget, saves, tb)
         t0 = time.perf_counter()
-        val = validate(net, data.val_ds, ranks)
+        val = validate(net, data.val_ds, ranks, use_bf16(ranks.device, cfg.precision))
         state.trained_s = ranks.agree(state.trained_s + time.perf_counter() - t0)
         improved = end_epoch(run, state, budget, ranks.mean(train_loss), val, frames_per_s)
         saves.epoch(state, improved, final=budget.spent(state))
@@ -860,12 +880,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workers", type=int, help="data loader processes (default: 0 on CPU, up to 6 with a GPU)")
     parser.add_argument("--smooth", type=float, help="smooth steering labels over this many seconds "
                         "(default: 0.25 for keyboard drives, none for others)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=TrainConfig.precision,
+                        help="bf16 autocast or float32; auto: bf16 on GPUs that have it, float32 on CPU "
+                        "(bf16 on a CPU with AVX512-BF16 or AMX: ~1.5x faster)")
     parser.add_argument("--no-augment", action="store_true", help="train on the recorded frames as they are")
     parser.add_argument("--init-from", metavar="MODEL_DIR", help="warm start from this policy's weights")
 
 
 def main(args) -> int:
-    cfg = TrainConfig(arch=args.arch, seed=args.seed, batch=args.batch, lr=args.lr, smooth=args.smooth)
+    cfg = TrainConfig(arch=args.arch, seed=args.seed, batch=args.batch, lr=args.lr, smooth=args.smooth,
+                      precision=args.precision)
     if args.no_augment:
         cfg = replace(cfg, augment=NO_AUGMENT)
     train(args.data, args.out, minutes=args.minutes, epochs=args.epochs, cfg=cfg, device=args.device,

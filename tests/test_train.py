@@ -12,8 +12,9 @@ from conftest import val_label_variance
 from safetensors.torch import load_file
 from test_dataset import record_drive
 
+import agent.train as train_module
 from agent.model import load_policy
-from agent.train import STATE_JSON, TrainConfig, load_checkpoint, train
+from agent.train import STATE_JSON, TrainConfig, bf16_supported, load_checkpoint, train
 from sim import UserError, camera_from_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +48,28 @@ def test_a_tiny_training_run_reduces_the_loss_and_saves_a_policy(drives, tmp_pat
     assert policy.env_config().camera == camera_from_name("birdseye")
     # nothing half-written is left behind
     assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".")]
+
+
+def test_bf16_on_a_cpu_that_has_it_learns_and_saves_float32_weights(drives, tmp_path):
+    """`--precision bf16` on CPU: the maths in bf16, the loss still falls, the policy stays float32."""
+    if not bf16_supported(torch.device("cpu")):
+        pytest.skip("this CPU has no native bf16")
+    train(drives, tmp_path / "m", epochs=4, cfg=TINY, device="cpu", verbose=False, precision="bf16")
+    hist = json.loads((tmp_path / "m" / "history.json").read_text())["history"]
+    assert hist[-1]["train_loss"] < 0.5 * hist[0]["train_loss"]
+    card = load_policy(tmp_path / "m").card
+    assert card["training"]["precision"] == "bf16 autocast"
+    assert {t.dtype for t in load_file(tmp_path / "m" / "model.safetensors").values()} == {torch.float32}
+    # on CPU, auto stays float32: the published CPU figures are float32 runs
+    train(drives, tmp_path / "a", epochs=1, cfg=TINY, device="cpu", verbose=False)
+    assert load_policy(tmp_path / "a").card["training"]["precision"] == "float32"
+
+
+def test_bf16_asked_of_a_device_without_it_is_one_clear_error(drives, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "bf16_supported", lambda dev: False)
+    with pytest.raises(UserError, match="--precision bf16: cpu has no native bf16"):
+        train(drives, tmp_path / "m", epochs=1, cfg=TINY, device="cpu", verbose=False, precision="bf16")
+    assert not (tmp_path / "m" / STATE_JSON).exists()
 
 
 def test_resume_continues_from_the_saved_epoch(drives, tmp_path):
