@@ -171,26 +171,31 @@ def bench_vector(seconds: float, rounds: int, camera: str, counts: tuple[int, ..
     """Total steps/s on the default config with a constant steering (so envs reset often) of one
     plain env and, for each count, of `gym.make_vec(..., vectorization_mode="async")` (gymnasium's
     AsyncVectorEnv, observations in shared memory) and of `sim.vector.DriveVectorEnv`, all measured
-    in the same rounds. Best round of each."""
+    in the same rounds. Best round of each, and DriveVectorEnv's median ratio to the plain env over
+    the rounds (each round's against the plain env's round just before it)."""
     import gymnasium as gym
 
     from sim.vector import DriveVectorEnv
 
-    res = {"plain": 0.0, **{str(n): 0.0 for n in counts}}
-    ours = {str(n): 0.0 for n in counts}
+    rates: dict[str, list[float]] = {"plain": [], **{f"{kind}{n}": [] for n in counts for kind in ("async", "ours")}}
     plain = gym.make("E2EDrive-v0", camera=camera)
     for _ in range(rounds):
-        res["plain"] = max(res["plain"], _steps_per_second(plain, seconds, steering=steering))
+        rates["plain"].append(_steps_per_second(plain, seconds, steering=steering))
         for n_envs in counts:
-            for best in (res, ours):
+            for kind in ("async", "ours"):
                 vec = (gym.make_vec("E2EDrive-v0", num_envs=n_envs, vectorization_mode="async", camera=camera)
-                       if best is res else DriveVectorEnv(n_envs, camera=camera))
+                       if kind == "async" else DriveVectorEnv(n_envs, camera=camera))
                 try:
-                    best[str(n_envs)] = max(best[str(n_envs)], _vector_steps_per_second(vec, seconds, steering))
+                    rates[f"{kind}{n_envs}"].append(_vector_steps_per_second(vec, seconds, steering))
                 finally:
                     vec.close()
     plain.close()
-    return {"async": res, "drive_vector": ours}
+    res = {"plain": max(rates["plain"]), **{str(n): max(rates[f"async{n}"]) for n in counts}}
+    ours = {str(n): max(rates[f"ours{n}"]) for n in counts}
+    # this machine's cores change speed from second to second: a ratio of rounds measured back to back
+    # (each vector env against the plain env's round just before it) is steadier than one of bests
+    paired = {str(n): float(np.median([v / p for v, p in zip(rates[f"ours{n}"], rates["plain"])])) for n in counts}
+    return {"async": res, "drive_vector": ours, "drive_vector_paired": paired}
 
 
 def bench_env(seconds: float, rounds: int, camera: str, vector_envs: tuple[int, ...] = VECTOR_ENVS,
@@ -237,6 +242,8 @@ def bench_env(seconds: float, rounds: int, camera: str, vector_envs: tuple[int, 
     if "2" in vec:
         res["vector_ratio_2"] = vec["2"] / vec["plain"]
         res["drive_vector_ratio_2"] = ours["2"] / vec["plain"]
+        res["drive_vector_paired_ratio_2"] = both["drive_vector_paired"]["2"]
+        res["vector_rounds"] = rounds
         if "1" in vec:
             res["vector_scaling_2"] = vec["2"] / vec["1"]
 
@@ -319,7 +326,7 @@ def bench_torch(seconds: float, camera: str, device: str) -> dict:
     from sim import camera_from_name
 
     cam = camera_from_name(camera)
-    from agent.train import pick_device
+    from agent.train import bf16_supported, pick_device
 
     dev = pick_device(device)
     res: dict = {"device": str(dev)}
@@ -335,24 +342,18 @@ def bench_torch(seconds: float, camera: str, device: str) -> dict:
         opt = torch.optim.Adam(model.parameters(), 1e-3)
         x = torch.as_tensor(preprocess(frames)).to(dev)
         y = torch.zeros(batch, 1, device=dev)
-        best = 0.0
+        best, best_threads = 0.0, torch.get_num_threads()
         # like `train`, try one thread and all cores: on a busy CPU more threads can be slower
         for threads in sorted({1, cores}) if dev.type == "cpu" else [torch.get_num_threads()]:
             torch.set_num_threads(threads)
-            n = 0
-            t0 = time.perf_counter()
-            while time.perf_counter() - t0 < seconds or n < 3 * batch:
-                loss = torch.nn.functional.mse_loss(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                n += batch
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            rate = n / (time.perf_counter() - t0)
+            rate = _train_rate(model, opt, x, y, seconds, bf16=False)
             res[f"{arch}_train_frames_per_s_{threads}_threads"] = rate
-            best = max(best, rate)
+            if rate > best:
+                best, best_threads = rate, threads
         res[f"{arch}_train_frames_per_s"] = best
+        if bf16_supported(dev):  # `train --precision bf16` (on GPUs, auto), at the faster thread count
+            torch.set_num_threads(best_threads)
+            res[f"{arch}_train_bf16_frames_per_s"] = _train_rate(model, opt, x, y, seconds, bf16=True)
         res[f"{arch}_params"] = sum(p.numel() for p in model.parameters())
         # latency: frame -> steering at batch 1 on the CPU with one thread, as the driving loops run it,
         # in torch and in onnxruntime side by side
@@ -365,6 +366,24 @@ def bench_torch(seconds: float, camera: str, device: str) -> dict:
             res["onnxruntime_note"] = lat["onnxruntime_note"]
     res["batch"] = batch
     return res
+
+
+def _train_rate(model, opt, x, y, seconds: float, bf16: bool) -> float:
+    """Training frames/s of `model` on the batch (x, y): forward, MSE, backward, optimiser step."""
+    import torch
+
+    n, batch = 0, len(x)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 3 * batch:
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.mse_loss(model(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        n += batch
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
 
 
 def bench_data(data_dir: str, samples: int) -> dict:
@@ -477,7 +496,9 @@ def main(args) -> int:
         rows += [["ratio async 2 envs / async 1 env", f"{e['vector_scaling_2']:.2f}x"]]
     if "vector_ratio_2" in e:
         rows += [["ratio async 2 envs / 1 plain env (with resets)", f"{e['vector_ratio_2']:.2f}x"],
-                 ["ratio DriveVectorEnv 2 envs / 1 plain env (with resets)", f"{e['drive_vector_ratio_2']:.2f}x"]]
+                 ["ratio DriveVectorEnv 2 envs / 1 plain env (with resets)", f"{e['drive_vector_ratio_2']:.2f}x"],
+                 [f"ratio DriveVectorEnv 2 envs / 1 plain env, median of {e['vector_rounds']} back-to-back rounds",
+                  f"{e['drive_vector_paired_ratio_2']:.2f}x"]]
     rows += [["render only, frames/s", f"{e['render_frames_per_s']:,.0f}"]]
     m = e["memory"]
     if "peak_rss_mb" in m:
@@ -493,6 +514,10 @@ def main(args) -> int:
             for arch in ("pilotnet", "small"):
                 rows += [[f"{arch} ({t[f'{arch}_params']:,} params) training frames/s, batch {t['batch']}, "
                           f"{t['device']}", f"{t[f'{arch}_train_frames_per_s']:,.0f}"],
+                         *([[f"{arch} training frames/s, bf16 autocast (`train --precision bf16`)",
+                              f"{t[f'{arch}_train_bf16_frames_per_s']:,.0f} "
+                              f"({t[f'{arch}_train_bf16_frames_per_s'] / t[f'{arch}_train_frames_per_s']:.2f}x float32)"]]
+                           if f"{arch}_train_bf16_frames_per_s" in t else []),
                          [f"{arch} policy latency per frame, batch 1, cpu, 1 thread: torch",
                           f"{t[f'{arch}_cpu_latency_ms']:.2f} ms"]]
                 if f"{arch}_onnxruntime_latency_ms" in t:

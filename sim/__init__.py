@@ -12,10 +12,13 @@ from .expert import Expert, RaceExpert, expert_for, expert_steering
 from .render import CAMERA_PRESETS, Camera, CameraConfig, camera_from_name
 from .track import Track, TrackError, load_track, load_tracks, parse_spec
 
+# `gym.make_vec(id, num_envs=N)` gives `sim.vector.DriveVectorEnv` (processes, shared memory); the
+# "sync" and "async" modes give gymnasium's own vector envs
 if "E2EDrive-v0" not in registry:
-    register(id="E2EDrive-v0", entry_point="sim.env:DriveEnv")
+    register(id="E2EDrive-v0", entry_point="sim.env:DriveEnv", vector_entry_point="sim.vector:DriveVectorEnv")
 if "E2EDriveRace-v0" not in registry:
-    register(id="E2EDriveRace-v0", entry_point="sim.env:DriveEnv", kwargs={"task": "race"})  # race camera
+    register(id="E2EDriveRace-v0", entry_point="sim.env:DriveEnv", vector_entry_point="sim.vector:DriveVectorEnv",
+             kwargs={"task": "race"})  # race camera
 
 __all__ = [
     "CAMERA_PRESETS", "Camera", "CameraConfig", "CarConfig", "CarState", "DriveEnv", "EnvConfig",

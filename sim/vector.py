@@ -25,6 +25,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import operator
 import os
+import struct
 import time
 import traceback
 from collections.abc import Callable
@@ -39,13 +40,16 @@ from .env import DriveEnv
 SPIN_S = 1e-3  # how long a process busy-waits for the other side's signal before it sleeps
 _STEP, _MESSAGE = 1, 2  # what a woken worker is to do: step the shared actions, or read its pipe
 _RESULTS = ("reward", "terminated", "truncated")  # a step's results beside its info, in the shared table
+_STRUCT_CODES = {("f", 8): "d", ("f", 4): "f", ("i", 8): "q", ("i", 4): "i", ("i", 2): "h", ("i", 1): "b",
+                 ("u", 8): "Q", ("u", 4): "I", ("u", 2): "H", ("u", 1): "B", ("b", 1): "?"}  # numpy type -> struct
 
 
 class _Layout:
-    """Where an env's step lands in the shared results table: its reward, flags and each number of
-    its `info`, typed as gymnasium types them, in one block per type (a row per key, a column per
-    env, so a key's values for all envs are one contiguous row). The probe step's info fixes the keys
-    and types: a step whose info has other keys or types (none of `DriveEnv`'s do) is sent whole."""
+    """Where an env's step lands in the shared results table: one record per env (its own cache lines,
+    so the processes never write the same line) holding the info's numbers and the step's reward and
+    flags, packed with one `struct` call, grouped by type as gymnasium types them (floats, ints,
+    bools, ...). The probe step's info fixes the keys and types: a step whose info has other keys or
+    types (none of `DriveEnv`'s do) is sent whole."""
 
     def __init__(self, info: dict):
         self.keys = tuple(info)
@@ -54,10 +58,23 @@ class _Layout:
         names = list(self.keys) + ["/" + k for k in _RESULTS]  # "/": no info key clashes with a result
         self.objects = [i for i, t in enumerate(dtypes) if t is object]
         self.object_keys = [names[i] for i in self.objects]
-        self.blocks: list[tuple[np.dtype, list[str], _Picker]] = []  # (type, names, what picks its values)
-        for dtype in dict.fromkeys(t for t in dtypes if t is not object):
+        # the numbers, widest type first so every field is aligned: (type, names, byte offset)
+        self.blocks: list[tuple[np.dtype, list[str], int]] = []
+        order: list[int] = []
+        offset = 0
+        for dtype in sorted(dict.fromkeys(t for t in dtypes if t is not object), key=lambda t: -t.itemsize):
             where = [i for i, t in enumerate(dtypes) if t == dtype]
-            self.blocks.append((dtype, [names[i] for i in where], _Picker(where)))
+            self.blocks.append((dtype, [names[i] for i in where], offset))
+            order += where
+            offset += dtype.itemsize * len(where)
+        self.record = struct.Struct("<" + "".join(_STRUCT_CODES[(t.kind, t.itemsize)] * len(n) for t, n, _ in self.blocks))
+        self.record_bytes = -(-max(self.record.size, 1) // 64) * 64  # whole cache lines
+        self.numbers = _Picker(order)  # the record's values, in its order, out of (*info values, results)
+        self.row_names = [n for _, names, _ in self.blocks for n in names]
+        # a step's rows are the numbers' (in record order), then the objects': which row is whose
+        where = {n: r for r, n in enumerate(self.row_names + self.object_keys)}
+        self.results_of = _Picker([where["/" + k] for k in _RESULTS])
+        self.info_of = _Picker([where[k] for k in self.keys])
         self.number_types = {names[i]: self.types[i] for i in range(len(self.keys)) if i not in self.objects}
         self._objects = _Picker(self.objects)
 
@@ -89,24 +106,26 @@ class _Picker:
 
 
 class _Shared:
-    """The shared-memory arrays of a vector env: frames, actions, the results table's blocks, and per
-    worker what it is to do and whether its answer waits in its pipe."""
+    """The shared-memory arrays of a vector env: frames, actions, the results table (a record per
+    env), and per worker what it is to do and whether its answer waits in its pipe."""
 
     def __init__(self, ctx, num_envs: int, frame_shape: tuple[int, ...], action_size: int, layout: _Layout,
                  workers: int):
         self.shapes = ((num_envs, *frame_shape), (num_envs, action_size))
-        self.blocks = [(dtype, (len(names), num_envs)) for dtype, names, _ in layout.blocks]
+        self.num_envs = num_envs
         self.buffers = (ctx.RawArray("B", int(np.prod(self.shapes[0]))), ctx.RawArray("f", num_envs * action_size),
-                        [ctx.RawArray("B", dtype.itemsize * n * m) for dtype, (n, m) in self.blocks],
-                        ctx.RawArray("b", 2 * max(workers, 1)))
+                        ctx.RawArray("B", layout.record_bytes * num_envs), ctx.RawArray("b", 2 * max(workers, 1)))
 
-    def views(self) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
-        """(frames, actions, the results' blocks, mailbox): mailbox[w, 0] is worker w's command,
-        [w, 1] set when its answer is in its pipe."""
-        frames, actions, blocks, mailbox = self.buffers
+    def views(self, layout: _Layout) -> tuple[np.ndarray, np.ndarray, memoryview, list[np.ndarray], np.ndarray]:
+        """(frames, actions, the results table's bytes, its blocks, mailbox). A block is one type's
+        numbers as (envs, keys), strided over the records; mailbox[w, 0] is worker w's command, [w, 1]
+        set when its answer is in its pipe."""
+        frames, actions, results, mailbox = self.buffers
+        blocks = [np.ndarray((self.num_envs, len(names)), dtype, results, offset, (layout.record_bytes, dtype.itemsize))
+                  for dtype, names, offset in layout.blocks]
         return (np.frombuffer(frames, np.uint8).reshape(self.shapes[0]),
                 np.frombuffer(actions, np.float32).reshape(self.shapes[1]),
-                [np.frombuffer(b, dtype).reshape(shape) for b, (dtype, shape) in zip(blocks, self.blocks)],
+                memoryview(results).cast("B"), blocks,
                 np.frombuffer(mailbox, np.int8).reshape(-1, 2))
 
 
@@ -116,7 +135,8 @@ class _Group:
 
     def __init__(self, envs: list[DriveEnv], first: int, shared: _Shared, layout: _Layout):
         self.envs, self.first, self.layout = envs, first, layout
-        self.frames, self.actions, self.results, _ = shared.views()
+        self.frames, self.actions, self.results, _, _ = shared.views(layout)
+        self.pack = layout.record.pack_into
         self.ended = [False] * len(envs)  # the episode ended last step: the next step resets
         self.objects_sent: list[tuple | None] = [None] * len(envs)
 
@@ -147,8 +167,7 @@ class _Group:
                 self.objects_sent[j] = None
                 continue
             values = (*info.values(), reward, terminated, truncated)
-            for block, (_, _, pick) in zip(self.results, self.layout.blocks):
-                block[:, i] = pick(values)
+            self.pack(self.results, i * self.layout.record_bytes, *self.layout.numbers(values))
             objects = self.layout.objects_of(values)
             if objects != self.objects_sent[j]:
                 changed[i] = self.objects_sent[j] = objects
@@ -185,7 +204,7 @@ def _worker(conn, go, done, index: int, env_kwargs: dict, first: int, count: int
     "reset" or "close" from its pipe) and signals `done`. Answers other than a step's go through the
     pipe, flagged in the mailbox."""
     group = None
-    mailbox = shared.views()[3]
+    mailbox = shared.views(layout)[4]
     parent = os.getppid()
 
     def answer(ok: bool, payload) -> None:
@@ -248,7 +267,7 @@ class DriveVectorEnv(VectorEnv):
         ctx = mp.get_context()
         self._shared = _Shared(ctx, self.num_envs, self.single_observation_space.shape,
                                int(np.prod(self.single_action_space.shape)), self._layout, n_proc - 1)
-        self._frames, self._actions, self._results, self._mailbox = self._shared.views()
+        self._frames, self._actions, _, self._blocks, self._mailbox = self._shared.views(self._layout)
         bounds = np.linspace(0, self.num_envs, n_proc + 1).astype(int).tolist()  # the main process: fewest
         self._bounds = list(zip(bounds[:-1], bounds[1:]))  # [first, end) of each process's envs
         envs += [DriveEnv(**env_kwargs) for _ in range(bounds[1] - 1)]
@@ -308,16 +327,15 @@ class DriveVectorEnv(VectorEnv):
             self._collect([], {})  # the workers' answers to this step, so the next one reads its own
             raise
         self._collect(odd, changed)
-        table: dict[str, np.ndarray] = {}  # every number's row over the envs, from a copy of its block
-        for block, (_, names, _) in zip(self._results, self._layout.blocks):
-            table.update(zip(names, block.copy()))
-        rewards, terminated, truncated = (table.pop("/" + k) for k in _RESULTS)
+        rows = [row for block in self._blocks for row in block.T.copy()]  # each number over the envs
+        rewards, terminated, truncated = self._layout.results_of(rows)
         if odd:
+            table = dict(zip(self._layout.row_names, rows))
             return self._frames.copy(), *self._merge_odd(table, odd, rewards, terminated, truncated)
-        for n, k in enumerate(self._layout.object_keys):
-            table[k] = np.empty(self.num_envs, object)
-            table[k][:] = [objects[n] for objects in self._objects]
-        info = {k: table[k] for k in self._layout.keys}  # in the env's own order of keys
+        for n in range(len(self._layout.object_keys)):  # then each object over the envs
+            rows.append(np.empty(self.num_envs, object))
+            rows[-1][:] = [objects[n] for objects in self._objects]
+        info = dict(zip(self._layout.keys, self._layout.info_of(rows)))  # in the env's own order of keys
         info.update(self._masks)  # every env has every key
         return self._frames.copy(), rewards, terminated, truncated, info
 
@@ -408,7 +426,9 @@ def _cores() -> int:
 
 
 def _dtype_of(value: Any):
-    """The array type gymnasium gives an info value: its own for numbers and bools, else object."""
+    """The array type gymnasium gives an info value: its own for numbers and bools, else object (and
+    object too for the rare numbers the table cannot pack, such as float16: they go through the pipe)."""
     if isinstance(value, (bool, int, float, np.number)):
-        return np.dtype(type(value)) if not isinstance(value, np.number) else value.dtype
+        dtype = np.dtype(type(value)) if not isinstance(value, np.number) else value.dtype
+        return dtype if (dtype.kind, dtype.itemsize) in _STRUCT_CODES else object
     return object

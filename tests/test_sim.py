@@ -220,6 +220,19 @@ def test_drive_vector_env_steps_envs_in_parallel_with_gymnasiums_results():
     assert not any(p.is_alive() for p in procs)
 
 
+def test_make_vec_without_a_mode_gives_the_drive_vector_env():
+    from sim.vector import DriveVectorEnv
+
+    envs = gym.make_vec("E2EDriveRace-v0", num_envs=2, track="procedural:1")
+    try:
+        assert isinstance(envs, DriveVectorEnv) and envs.single_action_space.shape == (2,)  # race: steer, throttle
+        obs, info = envs.reset(seed=0)
+        assert obs.shape == (2, 96, 96, 3) and list(info["track"]) == ["procedural:1"] * 2
+        assert envs.step(np.zeros((2, 2), np.float32))[1].shape == (2,)
+    finally:
+        envs.close()
+
+
 def test_a_drive_vector_env_merges_infos_that_do_not_fit_its_table_as_gymnasium_does():
     """A step whose info has other types than the probe step's (here: every step, as if the table
     had been laid out for a float `lap`) is merged key by key, with gymnasium's exact results."""
