@@ -54,6 +54,7 @@ EXAMPLES = """examples:
   python run_drive.py train --data data/drives/auto --out data/models/pilot --minutes 10
   python run_drive.py train --data data/drives/auto --out data/models/pilot --minutes 20 --resume
   python run_drive.py train --data data/drives/me --out data/models/mine --epochs 8 --arch small --smooth 0.3
+  python run_drive.py train --data data/drives/traffic --out data/models/traffic --minutes 10 --precision bf16
   torchrun --standalone --nproc_per_node 4 run_drive.py train --data data/drives/auto --out data/models/ddp \\
       --epochs 20 --device cuda
   torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint HOST:29500 --rdzv_id drive1 \\
