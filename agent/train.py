@@ -370,11 +370,26 @@ PRECISIONS = ("auto", "bf16", "float32")
 
 
 def bf16_supported(dev: torch.device) -> bool:
-    """Native bf16 maths: GPUs from Ampere on, CPUs with AVX512-BF16 or AMX (elsewhere a CPU emulates
-    it, slower than float32)."""
+    """Native bf16 maths: GPUs from Ampere on, CPUs with AVX512-BF16 or AMX (oneDNN also runs bf16 on
+    other AVX512 CPUs, emulated and slower than float32: those do not count)."""
     if dev.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return dev.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return dev.type == "cpu" and torch.backends.mkldnn.is_available() and bool(_CPU_BF16_FLAGS & _cpu_flags())
+
+
+_CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux's /proc/cpuinfo; empty elsewhere: no bf16 claimed)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
 
 
 def use_bf16(dev: torch.device, precision: str = "auto") -> bool:
@@ -425,8 +440,6 @@ def settle(cfg: TrainConfig, data_dir, out_dir, minutes: float | None, epochs: i
     except ValueError as e:
         raise UserError(f"--camera {camera}: {e}") from None
     ranks = Ranks.from_env(device)
-    if cfg.precision == "bf16" and not bf16_supported(ranks.device):
-        raise UserError(f"--precision bf16: {ranks.device} has no native bf16 maths here (use float32 or auto)")
     out = Path(out_dir)
     if ranks.main:
         _check_out(out, resume, overwrite)
@@ -434,7 +447,8 @@ def settle(cfg: TrainConfig, data_dir, out_dir, minutes: float | None, epochs: i
     if resume and ckpt is None and verbose and ranks.main:
         print(f"note: no checkpoint in {out} yet; starting a new run", flush=True)
     if ckpt is not None:
-        cfg = TrainConfig.from_dict(ckpt[0]["config"])
+        cfg = replace(TrainConfig.from_dict(ckpt[0]["config"]), precision=cfg.precision)  # this call's: a
+        # run may go on in another precision (on another machine)
         if minutes is None and epochs is None:
             minutes, epochs = ckpt[0].get("minutes_budget"), ckpt[0].get("epochs_budget")
         if ckpt[0].get("camera"):
@@ -442,6 +456,8 @@ def settle(cfg: TrainConfig, data_dir, out_dir, minutes: float | None, epochs: i
             if want_cam is not None and want_cam != saved_cam:
                 raise UserError(f"--camera {camera}: the checkpoint in {out} was trained on another camera")
             want_cam = saved_cam
+    if cfg.precision == "bf16" and not bf16_supported(ranks.device):
+        raise UserError(f"--precision bf16: {ranks.device} has no native bf16 maths here (use float32 or auto)")
     if minutes is None and epochs is None:
         epochs = 10
     if workers is None:  # all cores to the maths on CPU, shared fairly between DDP ranks and loader workers
@@ -743,8 +759,9 @@ def train_epoch(run: Run, data: TrainData, net: torch.nn.Module, opt: torch.opti
     return float(loss_sum) / max(loss_n, 1), frames * run.ranks.world / max(elapsed, 1e-9)
 
 
-def validate(net: torch.nn.Module, val_ds: FrameDataset | None, ranks: Ranks, bf16: bool = False) -> float | None:
-    """Mean squared steering error over the validation frames (each rank scores its share)."""
+def validate(net: torch.nn.Module, val_ds: FrameDataset | None, ranks: Ranks) -> float | None:
+    """Mean squared steering error over the validation frames (each rank scores its share), in float32
+    whatever the training's precision: the best epoch is picked on it."""
     if val_ds is None:
         return None
     net.eval()
@@ -755,7 +772,7 @@ def validate(net: torch.nn.Module, val_ds: FrameDataset | None, ranks: Ranks, bf
              if ranks.world > 1 else None)
     loader = torch.utils.data.DataLoader(val_ds, batch_size=256, sampler=share, collate_fn=collate,
                                          pin_memory=dev.type == "cuda")
-    with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
+    with torch.inference_mode():
         for xb, yb in loader:
             pred = model(xb.to(dev, non_blocking=True)).float()
             tot[0] += F.mse_loss(pred, yb.to(dev, non_blocking=True), reduction="sum").double()
@@ -846,7 +863,7 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, minutes: f
             pick_threads(cfg.arch, camera_cfg, cfg.batch, run.threads)
         train_loss, frames_per_s = train_epoch(run, data, net, opt, state, budget, saves, tb)
         t0 = time.perf_counter()
-        val = validate(net, data.val_ds, ranks, use_bf16(ranks.device, cfg.precision))
+        val = validate(net, data.val_ds, ranks)
         state.trained_s = ranks.agree(state.trained_s + time.perf_counter() - t0)
         improved = end_epoch(run, state, budget, ranks.mean(train_loss), val, frames_per_s)
         saves.epoch(state, improved, final=budget.spent(state))

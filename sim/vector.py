@@ -22,6 +22,7 @@ step (measured figures in the README, "Speed").
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import operator
 import os
@@ -40,7 +41,7 @@ from .env import DriveEnv
 SPIN_S = 1e-3  # how long a process busy-waits for the other side's signal before it sleeps
 _STEP, _MESSAGE = 1, 2  # what a woken worker is to do: step the shared actions, or read its pipe
 _RESULTS = ("reward", "terminated", "truncated")  # a step's results beside its info, in the shared table
-_STRUCT_CODES = {("f", 8): "d", ("f", 4): "f", ("i", 8): "q", ("i", 4): "i", ("i", 2): "h", ("i", 1): "b",
+_STRUCT_CODES = {("f", 8): "d", ("f", 4): "f", ("f", 2): "e", ("i", 8): "q", ("i", 4): "i", ("i", 2): "h", ("i", 1): "b",
                  ("u", 8): "Q", ("u", 4): "I", ("u", 2): "H", ("u", 1): "B", ("b", 1): "?"}  # numpy type -> struct
 
 
@@ -67,7 +68,8 @@ class _Layout:
             self.blocks.append((dtype, [names[i] for i in where], offset))
             order += where
             offset += dtype.itemsize * len(where)
-        self.record = struct.Struct("<" + "".join(_STRUCT_CODES[(t.kind, t.itemsize)] * len(n) for t, n, _ in self.blocks))
+        self.record_format = "<" + "".join(_STRUCT_CODES[(t.kind, t.itemsize)] * len(n) for t, n, _ in self.blocks)
+        self.record = struct.Struct(self.record_format)
         self.record_bytes = -(-max(self.record.size, 1) // 64) * 64  # whole cache lines
         self.numbers = _Picker(order)  # the record's values, in its order, out of (*info values, results)
         self.row_names = [n for _, names, _ in self.blocks for n in names]
@@ -77,6 +79,13 @@ class _Layout:
         self.info_of = _Picker([where[k] for k in self.keys])
         self.number_types = {names[i]: self.types[i] for i in range(len(self.keys)) if i not in self.objects}
         self._objects = _Picker(self.objects)
+
+    def __getstate__(self) -> dict:  # a worker started by spawn gets the layout pickled; a Struct is not
+        return {k: v for k, v in self.__dict__.items() if k != "record"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.record = struct.Struct(state["record_format"])
 
     def fits(self, info: dict) -> bool:
         return tuple(info) == self.keys and tuple(map(type, info.values())) == self.types
@@ -114,19 +123,21 @@ class _Shared:
         self.shapes = ((num_envs, *frame_shape), (num_envs, action_size))
         self.num_envs = num_envs
         self.buffers = (ctx.RawArray("B", int(np.prod(self.shapes[0]))), ctx.RawArray("f", num_envs * action_size),
-                        ctx.RawArray("B", layout.record_bytes * num_envs), ctx.RawArray("b", 2 * max(workers, 1)))
+                        ctx.RawArray("B", layout.record_bytes * num_envs + 64), ctx.RawArray("b", 2 * max(workers, 1)))
 
     def views(self, layout: _Layout) -> tuple[np.ndarray, np.ndarray, memoryview, list[np.ndarray], np.ndarray]:
         """(frames, actions, the results table's bytes, its blocks, mailbox). A block is one type's
         numbers as (envs, keys), strided over the records; mailbox[w, 0] is worker w's command, [w, 1]
         set when its answer is in its pipe."""
         frames, actions, results, mailbox = self.buffers
-        blocks = [np.ndarray((self.num_envs, len(names)), dtype, results, offset, (layout.record_bytes, dtype.itemsize))
+        table = memoryview(results).cast("B")
+        start = -ctypes.addressof(results) % 64  # the first record on a cache line of its own (in every process)
+        table = table[start:start + layout.record_bytes * self.num_envs]
+        blocks = [np.ndarray((self.num_envs, len(names)), dtype, table, offset, (layout.record_bytes, dtype.itemsize))
                   for dtype, names, offset in layout.blocks]
         return (np.frombuffer(frames, np.uint8).reshape(self.shapes[0]),
                 np.frombuffer(actions, np.float32).reshape(self.shapes[1]),
-                memoryview(results).cast("B"), blocks,
-                np.frombuffer(mailbox, np.int8).reshape(-1, 2))
+                table, blocks, np.frombuffer(mailbox, np.int8).reshape(-1, 2))
 
 
 class _Group:

@@ -254,6 +254,28 @@ def test_a_drive_vector_env_merges_infos_that_do_not_fit_its_table_as_gymnasium_
         sync.close()
 
 
+def test_the_results_table_survives_pickling_and_keeps_each_record_on_its_own_cache_lines():
+    """A worker started by spawn (macOS, Windows) gets the layout pickled; every record starts on a
+    cache line, so two processes never write the same line."""
+    import ctypes
+    import multiprocessing as mp
+    import pickle
+
+    from sim.vector import _Layout, _Shared
+
+    info = {"track": "t", "lap": 3, "half": np.float16(0.5), "x": 1.25, "off": True}
+    layout = pickle.loads(pickle.dumps(_Layout(info)))
+    shared = _Shared(mp.get_context(), 3, (4, 4, 3), 1, layout, 1)
+    _, _, table, blocks, _ = shared.views(layout)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(table))
+    assert start % 64 == 0 and layout.record_bytes % 64 == 0
+    layout.record.pack_into(table, layout.record_bytes, *layout.numbers((*info.values(), 2.5, True, False)))
+    got = {n: block[1, k].item() for block, (_, names, _) in zip(blocks, layout.blocks) for k, n in enumerate(names)}
+    assert got == {"lap": 3, "half": 0.5, "x": 1.25, "off": True, "/reward": 2.5, "/terminated": True,
+                   "/truncated": False}
+    assert {n: b.dtype for b, (_, names, _) in zip(blocks, layout.blocks) for n in names}["half"] == np.float16
+
+
 def same_batch(a, b) -> bool:
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(same_batch(a[k], b[k]) for k in a)

@@ -72,6 +72,20 @@ def test_bf16_asked_of_a_device_without_it_is_one_clear_error(drives, tmp_path, 
     assert not (tmp_path / "m" / STATE_JSON).exists()
 
 
+def test_precision_is_the_calls_own_when_a_run_resumes(drives, tmp_path, monkeypatch):
+    """A run started in bf16 goes on in float32 on a machine without it (and the other way round):
+    precision is how this machine computes, not part of what the run is."""
+    monkeypatch.setattr(train_module, "bf16_supported", lambda dev: True)
+    train(drives, tmp_path / "m", epochs=1, cfg=TINY, device="cpu", verbose=False, precision="bf16")
+    assert load_policy(tmp_path / "m").card["training"]["precision"] == "bf16 autocast"
+    monkeypatch.setattr(train_module, "bf16_supported", lambda dev: False)
+    train(drives, tmp_path / "m", epochs=2, device="cpu", resume=True, verbose=False)  # auto: float32 here
+    card = load_policy(tmp_path / "m").card
+    assert card["training"]["precision"] == "float32" and card["training"]["epochs"] == 2
+    with pytest.raises(UserError, match="--precision bf16"):
+        train(drives, tmp_path / "m", epochs=3, device="cpu", resume=True, verbose=False, precision="bf16")
+
+
 def test_resume_continues_from_the_saved_epoch(drives, tmp_path):
     out = tmp_path / "m"
     train(drives, out, epochs=2, cfg=TINY, device="cpu", verbose=False)
