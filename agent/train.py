@@ -134,8 +134,10 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def pick_threads(arch: str, camera: CameraConfig, batch: int, most: int) -> tuple[int, dict[int, float]]:
-    """The torch thread count that trains fastest here and now, from a few timed steps of each.
+def pick_threads(arch: str, camera: CameraConfig, batch: int, most: int,
+                 bf16: bool = False) -> tuple[int, dict[int, float]]:
+    """The torch thread count that trains fastest here and now, from a few timed steps of each, in
+    the run's precision.
 
     On a shared CPU, more threads can be several times slower than one (each step waits for the
     slowest thread), so the count is measured, not assumed."""
@@ -144,13 +146,19 @@ def pick_threads(arch: str, camera: CameraConfig, batch: int, most: int) -> tupl
     x = torch.rand(min(batch, 64), 3, camera.height, camera.width)
     y = torch.zeros(len(x), 1)
     net = build_model(arch, camera)
+
+    def step() -> None:
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            out = net(x).float()
+        steering_loss(out, y).backward()
+
     speed = {}
     for n in sorted({1, most}):
         torch.set_num_threads(n)
-        steering_loss(net(x), y).backward()  # warm-up
+        step()  # warm-up
         t = time.perf_counter()
         for _ in range(3):
-            steering_loss(net(x), y).backward()
+            step()
         speed[n] = 3 * len(x) / (time.perf_counter() - t)
     best = max(speed, key=speed.get)
     torch.set_num_threads(best)
@@ -847,7 +855,7 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, minutes: f
     ranks.start()
     camera_cfg = data.drives.env.camera
     if ranks.device.type == "cpu" and run.threads > 1:
-        chosen, speeds = pick_threads(cfg.arch, camera_cfg, cfg.batch, run.threads)
+        chosen, speeds = pick_threads(cfg.arch, camera_cfg, cfg.batch, run.threads, use_bf16(ranks.device, cfg.precision))
         run.say(f"torch threads: {chosen} (" + ", ".join(f"{n}: {v:.0f} frames/s" for n, v in speeds.items()) + ")")
 
     model, opt, state = make_model(run, camera_cfg, data.drives.env.task)
@@ -860,7 +868,7 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, minutes: f
     tb = TensorBoard(run, state)
     while not budget.spent(state):
         if ranks.device.type == "cpu" and run.threads > 1 and state.history:  # the machine's load may have changed
-            pick_threads(cfg.arch, camera_cfg, cfg.batch, run.threads)
+            pick_threads(cfg.arch, camera_cfg, cfg.batch, run.threads, use_bf16(ranks.device, cfg.precision))
         train_loss, frames_per_s = train_epoch(run, data, net, opt, state, budget, saves, tb)
         t0 = time.perf_counter()
         val = validate(net, data.val_ds, ranks)
