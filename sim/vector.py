@@ -1,6 +1,7 @@
 """`DriveVectorEnv`: N copies of `DriveEnv` stepped in parallel, one process per CPU core at most.
 
-`DriveVectorEnv(num_envs=8, **env_kwargs)` (the same keyword arguments as `gym.make("E2EDrive-v0")`).
+`DriveVectorEnv(num_envs=8, **env_kwargs)` (the same keyword arguments as `gym.make("E2EDrive-v0")`),
+or `gym.make_vec("E2EDrive-v0", num_envs=8)` with no mode (the spec's `vector_entry_point`).
 Gymnasium's `gym.make_vec(..., vectorization_mode="async")` works too, but costs more per env and step
 than our env's whole step (~50-90 us): the main process sends each env its action through a pipe,
 waits for every worker process to wake up and answer, and merges each env's `info` key by key.
@@ -147,7 +148,6 @@ class _Group:
     def __init__(self, envs: list[DriveEnv], first: int, shared: _Shared, layout: _Layout):
         self.envs, self.first, self.layout = envs, first, layout
         self.frames, self.actions, self.results, _, _ = shared.views(layout)
-        self.pack = layout.record.pack_into
         self.ended = [False] * len(envs)  # the episode ended last step: the next step resets
         self.objects_sent: list[tuple | None] = [None] * len(envs)
 
@@ -178,7 +178,7 @@ class _Group:
                 self.objects_sent[j] = None
                 continue
             values = (*info.values(), reward, terminated, truncated)
-            self.pack(self.results, i * self.layout.record_bytes, *self.layout.numbers(values))
+            self.layout.record.pack_into(self.results, i * self.layout.record_bytes, *self.layout.numbers(values))
             objects = self.layout.objects_of(values)
             if objects != self.objects_sent[j]:
                 changed[i] = self.objects_sent[j] = objects
