@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import val_label_variance
@@ -63,6 +64,22 @@ def test_bf16_on_a_cpu_that_has_it_learns_and_saves_float32_weights(drives, tmp_
     # on CPU, auto stays float32: the published CPU figures are float32 runs
     train(drives, tmp_path / "a", epochs=1, cfg=TINY, device="cpu", verbose=False)
     assert load_policy(tmp_path / "a").card["training"]["precision"] == "float32"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU here (CI has none; run on a GPU machine)")
+def test_auto_on_a_gpu_trains_there_in_bf16_and_the_policy_drives_on_the_cpu(drives, tmp_path):
+    """`--device auto` with a GPU: DataLoader workers, pinned memory, bf16 autocast where the GPU has it;
+    the loss falls as on the CPU, and the saved float32 policy loads and steers on a CPU."""
+    res = train(drives, tmp_path / "m", epochs=4, cfg=TINY, device="auto", verbose=False)
+    hist = json.loads((tmp_path / "m" / "history.json").read_text())["history"]
+    assert res.steps > 0 and hist[-1]["train_loss"] < 0.5 * hist[0]["train_loss"]
+    policy = load_policy(tmp_path / "m")  # on the CPU
+    cam = policy.env_config().camera
+    assert np.isfinite(policy.steer(np.full((cam.height, cam.width, 3), 128, np.uint8)))
+    card = policy.card
+    want = "bf16 autocast" if torch.cuda.is_bf16_supported() else "float32"
+    assert card["training"]["precision"] == want and card["training"]["device"].startswith("cuda")
+    assert {t.dtype for t in load_file(tmp_path / "m" / "model.safetensors").values()} == {torch.float32}
 
 
 def test_bf16_asked_of_a_device_without_it_is_one_clear_error(drives, tmp_path, monkeypatch):
