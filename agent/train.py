@@ -152,15 +152,19 @@ def pick_threads(arch: str, camera: CameraConfig, batch: int, most: int,
             out = net(x).float()
         steering_loss(out, y).backward()
 
-    speed = {}
-    for n in sorted({1, most}):
+    speed: dict[int, float] = {}
+    for n in (1, most):  # warm-up: the first steps at a thread count build its kernels
         torch.set_num_threads(n)
-        step()  # warm-up
-        t = time.perf_counter()
-        for _ in range(3):
-            step()
-        speed[n] = 3 * len(x) / (time.perf_counter() - t)
-    best = max(speed, key=speed.get)
+        step()
+    for _ in range(2):  # alternating rounds, so a passing load does not decide alone; each count's best
+        for n in (1, most):
+            torch.set_num_threads(n)
+            t = time.perf_counter()
+            for _ in range(3):
+                step()
+            speed[n] = max(speed.get(n, 0.0), 3 * len(x) / (time.perf_counter() - t))
+    # one thread only when clearly faster: a near tie is noise, and all the threads is what a run expects
+    best = 1 if speed[1] > 1.1 * speed[most] else most
     torch.set_num_threads(best)
     return best, speed
 

@@ -228,3 +228,14 @@ def test_cli_bad_input_is_one_clear_line(drives, tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "m" / STATE_JSON).exists()
+
+
+def test_the_thread_check_times_both_counts_and_leaves_torch_at_its_choice():
+    before = torch.get_num_threads()
+    try:
+        best, speed = train_module.pick_threads("small", camera_from_name("birdseye"), 32, 2)
+        assert set(speed) == {1, 2} and all(v > 0 for v in speed.values())
+        assert best == torch.get_num_threads()
+        assert best == (1 if speed[1] > 1.1 * speed[2] else 2)  # one thread only when clearly faster
+    finally:
+        torch.set_num_threads(before)
