@@ -343,6 +343,8 @@ def load_policy(folder: str | os.PathLike, device: str = "cpu") -> Policy | Onnx
     except RuntimeError:
         raise UserError(f"{wpath}: weights do not fit a {card['arch']} network for camera "
                         f"{_describe_camera(env_cfg.camera)} as {CARD_FILE} says") from None
+    if device == "auto":  # as `train --device auto` and the ONNX runtime take it
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         model.to(device)
     except (RuntimeError, AssertionError) as e:

@@ -82,6 +82,18 @@ def test_round_trip_and_policy_steers_like_the_model(tmp_path):
     assert policy.env_config() == EnvConfig()
 
 
+def test_device_auto_takes_the_gpu_when_there_is_one_and_a_bad_device_is_one_clear_error(tmp_path):
+    folder, model = _saved(tmp_path)
+    policy = load_policy(folder, device="auto")
+    assert policy.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    frames = _frames(3)
+    with torch.no_grad():
+        expected = model(to_tensor(frames))[:, 0].numpy()
+    assert np.allclose(policy.steer_batch(frames), expected, atol=1e-2)  # a GPU's kernels round otherwise
+    with pytest.raises(UserError, match="--device tpu"):
+        load_policy(folder, device="tpu")
+
+
 def test_policy_drives_the_real_env(tmp_path):
     folder, _ = _saved(tmp_path, "small")
     policy = load_policy(folder)
