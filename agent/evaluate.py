@@ -556,7 +556,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "queue; up to one per CPU core (default 1)")
     parser.add_argument("--batch", type=int, default=8,
                         help="tracks stepped in lock step per process, one policy call for all (default 8)")
-    parser.add_argument("--device", default="cpu", help="device for --model: cpu (default: a batch of a few frames runs fastest there), auto (the GPU when there is one), cuda or cuda:N")
+    parser.add_argument("--device", default="cpu", help="device for --model: cpu (default), auto (the GPU when there is one), cuda or cuda:N")
     parser.add_argument("--task", choices=TASKS, help="the task for --expert (default lane); --model uses the "
                         "task in the policy's card")
 
