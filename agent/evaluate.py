@@ -30,13 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.env import TASKS, EnvConfig, add_latency_argument
+from sim.env import TASKS, EnvConfig, add_latency_argument, add_traffic_density_argument, with_traffic_density
 from sim.errors import UserError
 from sim.files import atomic_savefig
 from sim.files import write_json as write_json_file
 from sim.looks import LOOKS, LookConfig, look_from_name
 from sim.progress import Progress, table
 from sim.track import load_track, parse_spec
+from sim.traffic import TrafficConfig
 
 from .drive import Drive, DriveHooks, ExpertDriver, PolicyDriver, drive_jobs
 from .metrics import drive_metrics, json_safe, lap_time_ratios, summarise, summarise_ratios
@@ -399,10 +400,13 @@ def evaluate(driver, tracks_spec: str, laps: int = 1, *, seed: int = 0, randomis
              workers: int = 1, batch: int = 8, video: str | os.PathLike | None = None,
              video_frames: int = VIDEO_FRAMES, plot_dir: str | os.PathLike | None = None,
              compare_expert: bool = False, command: str | None = None, show_progress: bool = True,
-             saliency: bool = False, latency_ms: float = 0.0, look: LookConfig | None = None) -> dict:
+             saliency: bool = False, latency_ms: float = 0.0, look: LookConfig | None = None,
+             traffic_density: float | None = None) -> dict:
     """Drive `laps` laps of every track in `tracks_spec` with `driver` (ExpertDriver or PolicyDriver)
     and return the report: {"summary", "tracks", "driver", "command", ...} (JSON-ready, NaN as None).
-    `latency_ms` delays the driver's actions (sim/env.py); `look` changes the frames (sim/looks.py)."""
+    `latency_ms` delays the driver's actions (sim/env.py); `look` changes the frames (sim/looks.py).
+    In task traffic the test has `traffic_density` cars per km, by default the standard density
+    whatever the policy's drives had: what a policy is scored on is the test's, not its training's."""
     if laps < 1:
         raise UserError(f"--laps {laps}: must be at least 1")
     if workers < 1:
@@ -415,6 +419,9 @@ def evaluate(driver, tracks_spec: str, laps: int = 1, *, seed: int = 0, randomis
     cfg = replace(driver.env_config(), track=tracks_spec, off_track="recover", laps=laps, throttle=False,
                   randomise_palette=randomise_palette, random_start=False, latency_ms=float(latency_ms),
                   look=look if look is not None else LookConfig())
+    if traffic_density is None and cfg.task == "traffic":
+        traffic_density = TrafficConfig().density_per_km
+    cfg = with_traffic_density(cfg, traffic_density)
     if isinstance(driver, PolicyDriver):
         driver.policy.check_env(cfg)
         if saliency and video is not None:
@@ -548,6 +555,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="DIR", help="one PNG per track: trajectory coloured by |cte|")
     parser.add_argument("--randomise-palette", action="store_true", help="new colours on every track")
     add_latency_argument(parser)
+    add_traffic_density_argument(parser, "the same for a policy whose drives had another")
     parser.add_argument("--look", default="default", choices=list(LOOKS),
                         help="an appearance training never saw (sim/looks.py; default: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first track's episode (default 0)")
@@ -568,7 +576,8 @@ def main(args: argparse.Namespace) -> int:
     report = evaluate(driver, args.tracks, args.laps, seed=args.seed, randomise_palette=args.randomise_palette,
                       workers=args.workers, batch=args.batch, video=args.video, video_frames=args.video_frames,
                       plot_dir=args.plot, compare_expert=args.compare_expert, saliency=args.saliency,
-                      latency_ms=args.latency_ms, look=look_from_name(args.look))
+                      latency_ms=args.latency_ms, look=look_from_name(args.look),
+                      traffic_density=args.traffic_density)
     print(format_table(report))
     s = report["summary"]
     rc = "-" if s["route_completion"] is None else f"{s['route_completion'] * 100:.1f}%"

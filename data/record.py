@@ -28,7 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.env import TASKS, DriveEnv, EnvConfig, add_latency_argument, default_camera_name
+from sim.env import (
+    TASKS,
+    DriveEnv,
+    EnvConfig,
+    add_latency_argument,
+    add_traffic_density_argument,
+    default_camera_name,
+    with_traffic_density,
+)
 from sim.errors import UserError
 from sim.expert import expert_for
 from sim.files import check_out_dir
@@ -240,10 +248,11 @@ def _worker(spec, laps, folder, env_cfg, noise, seed, chunk_steps, parent_pid) -
 def record_autopilot(tracks_spec: str, laps: int, out: str | os.PathLike, *, noise: float = 0.3,
                      workers: int | None = None, randomise_palette: bool = False, camera: str | None = None,
                      seed: int = 0, chunk_steps: int = 100, verbose: bool = True,
-                     latency_ms: float = 0.0, task: str = "lane") -> RecordSummary:
+                     latency_ms: float = 0.0, task: str = "lane",
+                     traffic_density: float | None = None) -> RecordSummary:
     """Record one autopilot drive per track of `tracks_spec` into `out/<track>/`, in parallel.
     With `latency_ms` the autopilot's steering takes effect that much later (the labels are what it
-    commanded).
+    commanded). `traffic_density` (task traffic): other cars per km instead of the default.
 
     With `verbose`, a progress bar goes to stderr and a summary table to stdout."""
     if not isinstance(laps, int) or laps < 1:
@@ -259,13 +268,13 @@ def record_autopilot(tracks_spec: str, laps: int, out: str | os.PathLike, *, noi
         raise UserError(f"--camera {camera}: {e}") from None
     specs = parse_spec(tracks_spec)
     lengths = [load_track(s).length for s in specs]  # loads (and validates) every track before any work
+    if task not in TASKS:
+        raise UserError(f"--task {task}: unknown task (choose from {', '.join(TASKS)})")
+    base_cfg = with_traffic_density(EnvConfig(camera=cam, randomise_palette=randomise_palette, off_track="recover",
+                                              laps=laps, latency_ms=latency_ms, task=task), traffic_density)
     out = check_out_dir(out)
     taken = {p.name for p in out.iterdir()}
     folders = [str(out / unique_drive_name(s, taken)) for s in specs]
-    if task not in TASKS:
-        raise UserError(f"--task {task}: unknown task (choose from {', '.join(TASKS)})")
-    base_cfg = EnvConfig(camera=cam, randomise_palette=randomise_palette, off_track="recover", laps=laps,
-                         latency_ms=latency_ms, task=task)
     seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(len(specs))]
     jobs = []
     for spec, folder, length, s in zip(specs, folders, lengths, seeds):
@@ -345,6 +354,7 @@ def add_arguments(parser) -> None:
                         "or e.g. birdseye:128x128")
     parser.add_argument("--seed", type=int, default=0, help="seed for the noise and palettes (default 0)")
     add_latency_argument(parser)
+    add_traffic_density_argument(parser, "saved with the drives (a policy trained on them keeps it in its card)")
     parser.add_argument("--task", default="lane", choices=TASKS,
                         help="lane (steering at cruise speed, default), race (steering and throttle) "
                         "or traffic (other cars on the road; the expert overtakes them)")
@@ -356,5 +366,6 @@ def main(args) -> int:
         raise UserError(f"--chunk-steps {args.chunk_steps}: must be >= 1")
     record_autopilot(args.tracks, args.laps, args.out, noise=args.noise, workers=args.workers,
                      randomise_palette=args.randomise_palette, camera=args.camera, seed=args.seed,
-                     chunk_steps=args.chunk_steps, latency_ms=args.latency_ms, task=args.task)
+                     chunk_steps=args.chunk_steps, latency_ms=args.latency_ms, task=args.task,
+                     traffic_density=args.traffic_density)
     return 0

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import car as carmod
 from .car import CarConfig, CarState, RaceCarConfig
+from .errors import UserError
 from .looks import LookConfig, LookRenderer
 from .render import (
     CAMERA_PRESETS,
@@ -123,6 +124,33 @@ def add_latency_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-ms", type=latency_ms_arg, default=0.0, metavar="MS",
                         help="the steering takes effect this much later (whole 50 ms control steps; the "
                              "camera frame is not delayed); default 0")
+
+
+def traffic_density_arg(text: str) -> float:
+    """argparse type of `--traffic-density`: other cars per km of track, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of cars per km") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more cars per km")
+    return value
+
+
+def add_traffic_density_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--traffic-density`, the same on every command that drives the traffic task."""
+    parser.add_argument("--traffic-density", type=traffic_density_arg, metavar="CARS_PER_KM",
+                        help=f"task traffic: other cars per km of track (default {TrafficConfig().density_per_km:g}); "
+                             f"{what}")
+
+
+def with_traffic_density(cfg: EnvConfig, density: float | None) -> EnvConfig:
+    """`cfg` with `density` cars per km (None: as it is); one clear error for a task without traffic."""
+    if density is None:
+        return cfg
+    if cfg.task != "traffic":
+        raise UserError(f"--traffic-density: only for task traffic (this is task {cfg.task})")
+    return replace(cfg, traffic=replace(cfg.traffic, density_per_km=float(density)))
 
 
 class DriveEnv(gym.Env):

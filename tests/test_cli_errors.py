@@ -137,6 +137,12 @@ def test_bad_flags(bad, tmp_path):
                                   "--device", "tpu"), "--device")
     assert_one_clear_line(run_cli("eval", "--expert", "--tracks", "procedural:1", "--laps", "-3"), "--laps")
     assert_one_clear_line(run_cli("bench", "--device", "tpu"), "--device tpu")
+    # traffic density: a number of cars, and only where there is traffic; nothing written before the error
+    assert_one_clear_line(run_cli("eval", "--expert", "--task", "traffic", "--tracks", "procedural:1",
+                                  "--traffic-density", "-1"), "--traffic-density")
+    assert_one_clear_line(run_cli("record", "--autopilot", "--tracks", "procedural:1", "--traffic-density", "8",
+                                  "--out", str(tmp_path / "lane")), "only for task traffic")
+    assert not (tmp_path / "lane").exists()
 
 
 def test_bad_drive_folders(bad, tmp_path):

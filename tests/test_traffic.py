@@ -311,6 +311,35 @@ def test_eval_of_the_expert_in_traffic_reports_collisions_and_overtakes(tmp_path
     assert (tmp_path / "plots").is_dir() and any((tmp_path / "plots").iterdir())
 
 
+def test_traffic_density_is_set_on_record_and_eval_and_eval_scores_at_its_own(tmp_path):
+    """`record --traffic-density` drives a denser road and saves it with the drives; `eval` scores at
+    its own density (the standard one unless asked), not at the one a policy's drives had."""
+    from agent.drive import ExpertDriver
+    from agent.evaluate import evaluate
+    from data.record import record_autopilot
+    from data.recording import read_meta
+    from sim.env import with_traffic_density
+
+    record_autopilot("procedural:1", 1, tmp_path / "dense", traffic_density=12.0, task="traffic", workers=1,
+                     verbose=False, noise=0.0)
+    env_cfg = EnvConfig.from_dict(read_meta(next((tmp_path / "dense").iterdir()))["env"])
+    assert env_cfg.traffic.density_per_km == 12.0
+    cars = {}
+    for density in (None, 12.0, 0.0):
+        env = DriveEnv(config=EnvConfig(track="procedural:1", task="traffic") if density is None
+                       else with_traffic_density(env_cfg, density))
+        env.reset(seed=0)
+        cars[density] = env.traffic.n
+    assert cars[12.0] >= 2 * cars[None] and cars[0.0] == 0
+
+    class DenseExpert(ExpertDriver):  # an expert whose env says 12 cars per km, as a dense policy's card would
+        def env_config(self):
+            return env_cfg
+    overtakes = {d: evaluate(DenseExpert(task="traffic"), "procedural:1", laps=1, show_progress=False,
+                             traffic_density=d)["summary"]["overtakes"] for d in (None, 4.0, 0.0)}
+    assert overtakes[None] == overtakes[4.0] > 0 and overtakes[0.0] == 0
+
+
 # -- the policy's steering head -------------------------------------------------------------------
 def test_bins_head_keeps_one_of_two_answers_where_mse_averages_them():
     """The same frames labelled half 'pass left' (-0.6) and half 'pass right' (+0.6): the MSE
