@@ -588,8 +588,9 @@ def main(args: argparse.Namespace) -> int:
               f"{_or_dash(s['expert_lap_time_s'], '{:.1f}')} s, mean lap time ratio "
               f"{_or_dash(s['mean_lap_time_ratio'], '{:.3f}')} over {s['clean_laps_compared']} clean laps")
     if report["settings"]["env"].get("task") == "traffic":
+        density = report["settings"]["env"].get("traffic", {}).get("density_per_km")
         print(f"collisions {s['collisions']} ({_or_dash(s['collisions_per_km'], '{:.2f}')} per km), "
-              f"overtakes {s['overtakes']}")
+              f"overtakes {s['overtakes']}, traffic {_or_dash(density, '{:g}')} cars per km")
     print(f"simulated {s['elapsed_s'] / 60:.1f} min of driving ({s['distance_km']:.1f} km) in {s['wall_s']:.1f} s: "
           f"{_or_dash(s['realtime_factor'], '{:.0f}')}x real time")
     if "video" in report:
