@@ -105,7 +105,8 @@ class PolicyDriver:
         card = self.policy.card
         return {"kind": "model", "path": self.model_dir or str(getattr(self.policy, "folder", "")),
                 "arch": card.get("arch"), "data": card.get("data"), "training": card.get("training"),
-                "device": self.device, "runtime": getattr(self.policy, "runtime", "torch")}
+                "device": str(getattr(self.policy, "device", self.device)),  # `auto` as it resolved
+                "runtime": getattr(self.policy, "runtime", "torch")}
 
     def env_config(self) -> EnvConfig:
         return self.policy.env_config()

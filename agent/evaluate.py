@@ -37,7 +37,6 @@ from sim.files import write_json as write_json_file
 from sim.looks import LOOKS, LookConfig, look_from_name
 from sim.progress import Progress, table
 from sim.track import load_track, parse_spec
-from sim.traffic import TrafficConfig
 
 from .drive import Drive, DriveHooks, ExpertDriver, PolicyDriver, drive_jobs
 from .metrics import drive_metrics, json_safe, lap_time_ratios, summarise, summarise_ratios
@@ -419,9 +418,7 @@ def evaluate(driver, tracks_spec: str, laps: int = 1, *, seed: int = 0, randomis
     cfg = replace(driver.env_config(), track=tracks_spec, off_track="recover", laps=laps, throttle=False,
                   randomise_palette=randomise_palette, random_start=False, latency_ms=float(latency_ms),
                   look=look if look is not None else LookConfig())
-    if traffic_density is None and cfg.task == "traffic":
-        traffic_density = TrafficConfig().density_per_km
-    cfg = with_traffic_density(cfg, traffic_density)
+    cfg = with_traffic_density(cfg, traffic_density, standard=True)
     if isinstance(driver, PolicyDriver):
         driver.policy.check_env(cfg)
         if saliency and video is not None:
@@ -555,7 +552,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="DIR", help="one PNG per track: trajectory coloured by |cte|")
     parser.add_argument("--randomise-palette", action="store_true", help="new colours on every track")
     add_latency_argument(parser)
-    add_traffic_density_argument(parser, "the same for a policy whose drives had another")
+    add_traffic_density_argument(parser, "default 4, also for a policy whose drives had another")
     parser.add_argument("--look", default="default", choices=list(LOOKS),
                         help="an appearance training never saw (sim/looks.py; default: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first track's episode (default 0)")

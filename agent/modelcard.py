@@ -69,6 +69,9 @@ def record_eval(model: str | os.PathLike, report: dict) -> Path:
     s = report["settings"]
     key = f"{s['tracks']}, {s['laps']} lap{'s' if s['laps'] != 1 else ''}, seed {s['seed']}" + (
         ", random palettes" if s.get("randomise_palette") else "")
+    env = s.get("env", {})
+    if env.get("task") == "traffic":  # a denser test is another test
+        key += f", traffic {env.get('traffic', {}).get('density_per_km', 4.0):g} per km"
     figures = {k: report["summary"].get(k) for k in EVAL_FIGURES}
     return record_results(model, "eval", key, figures, report.get("command", ""))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.env import TASKS, EnvConfig, add_latency_argument
+from sim.env import TASKS, EnvConfig, add_latency_argument, add_traffic_density_argument, with_traffic_density
 from sim.errors import UserError
 from sim.expert import expert_for
 from sim.progress import table
@@ -78,6 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--saliency", action="store_true", help="show what the network looks at in the inset")
     parser.add_argument("--randomise-palette", action="store_true", help="new colours on every track")
     add_latency_argument(parser)
+    add_traffic_density_argument(parser, "default 4, as eval, also for a policy whose drives had another")
     parser.add_argument("--task", choices=TASKS, help="check the policy's task (its card says it: lane, race or traffic)")
 
 
@@ -92,6 +93,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = replace(policy.env_config(), track=args.track, laps=args.laps or None, off_track="recover",
                   max_steps=HOUR_STEPS, random_start=False, randomise_palette=args.randomise_palette,
                   latency_ms=args.latency_ms)
+    cfg = with_traffic_density(cfg, args.traffic_density, standard=True)
     policy.check_env(cfg)
     saliency = saliency_overlay(policy) if args.saliency else None
     result = watch(cfg, policy, saliency=saliency, speedup=args.speed)

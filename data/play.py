@@ -20,7 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.env import TASKS, EnvConfig, add_latency_argument, default_camera_name
+from sim.env import (
+    TASKS,
+    EnvConfig,
+    add_latency_argument,
+    add_traffic_density_argument,
+    default_camera_name,
+    with_traffic_density,
+)
 from sim.errors import UserError
 from sim.files import check_out_dir
 from sim.progress import table
@@ -68,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default 0: drive until Esc)")
     parser.add_argument("--throttle", action="store_true", help="control the speed yourself (Up/Down)")
     add_latency_argument(parser)
+    add_traffic_density_argument(parser, "default 4")
     parser.add_argument("--task", default="lane", choices=TASKS,
                         help="lane (default), race (a car with grip, from a standing start, throttle and brake) "
                         "or traffic (other cars to overtake)")
@@ -92,6 +100,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = EnvConfig(track=args.track, throttle=args.throttle, laps=args.laps or None, off_track="recover",
                     max_steps=HOUR_STEPS, latency_ms=args.latency_ms, task=args.task,
                     camera=camera or camera_from_name(default_camera_name(args.task)))
+    cfg = with_traffic_density(cfg, args.traffic_density)
     if policy is not None:
         policy.check_env(cfg)
     result = play(cfg, Path(args.out), input_name=args.input, policy=policy)

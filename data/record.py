@@ -354,7 +354,7 @@ def add_arguments(parser) -> None:
                         "or e.g. birdseye:128x128")
     parser.add_argument("--seed", type=int, default=0, help="seed for the noise and palettes (default 0)")
     add_latency_argument(parser)
-    add_traffic_density_argument(parser, "saved with the drives (a policy trained on them keeps it in its card)")
+    add_traffic_density_argument(parser, "default 4; saved with the drives and the card of a policy trained on them")
     parser.add_argument("--task", default="lane", choices=TASKS,
                         help="lane (steering at cruise speed, default), race (steering and throttle) "
                         "or traffic (other cars on the road; the expert overtakes them)")

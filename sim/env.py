@@ -126,30 +126,28 @@ def add_latency_argument(parser: argparse.ArgumentParser) -> None:
                              "camera frame is not delayed); default 0")
 
 
-def traffic_density_arg(text: str) -> float:
-    """argparse type of `--traffic-density`: other cars per km of track, 0 or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of cars per km") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more cars per km")
-    return value
+MAX_TRAFFIC_DENSITY = 50.0  # cars per km: one every 20 m, bumper to bumper in queues; beyond, they overlap
 
 
-def add_traffic_density_argument(parser: argparse.ArgumentParser, what: str) -> None:
-    """`--traffic-density`, the same on every command that drives the traffic task."""
-    parser.add_argument("--traffic-density", type=traffic_density_arg, metavar="CARS_PER_KM",
-                        help=f"task traffic: other cars per km of track (default {TrafficConfig().density_per_km:g}); "
-                             f"{what}")
+def add_traffic_density_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """`--traffic-density`, the same on every command that drives the traffic task (checked by
+    `with_traffic_density`, so a bad value is one `error:` line like every other)."""
+    parser.add_argument("--traffic-density", type=float, metavar="CARS_PER_KM",
+                        help=f"task traffic: other cars per km of track, 0-{MAX_TRAFFIC_DENSITY:g} ({default})")
 
 
-def with_traffic_density(cfg: EnvConfig, density: float | None) -> EnvConfig:
-    """`cfg` with `density` cars per km (None: as it is); one clear error for a task without traffic."""
+def with_traffic_density(cfg: EnvConfig, density: float | None, standard: bool = False) -> EnvConfig:
+    """`cfg` with `density` cars per km. None: as it is, or with `standard` the default density (what
+    `eval`, `watch` and `play` drive whatever a policy's drives had). One clear error for a bad value
+    or a task without traffic."""
     if density is None:
-        return cfg
+        if not (standard and cfg.task == "traffic"):
+            return cfg
+        density = TrafficConfig().density_per_km
+    if not (0.0 <= density <= MAX_TRAFFIC_DENSITY):  # NaN fails too
+        raise UserError(f"--traffic-density {density:g}: must be 0 to {MAX_TRAFFIC_DENSITY:g} cars per km")
     if cfg.task != "traffic":
-        raise UserError(f"--traffic-density: only for task traffic (this is task {cfg.task})")
+        raise UserError(f"--traffic-density: only for task traffic (this is task {cfg.task}; add --task traffic)")
     return replace(cfg, traffic=replace(cfg.traffic, density_per_km=float(density)))
 
 

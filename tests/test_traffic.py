@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import sim  # noqa: F401  (registers E2EDrive-v0)
-from sim import DriveEnv, EnvConfig, Expert
+from sim import DriveEnv, EnvConfig, Expert, UserError
 from sim.render import N_TRAFFIC_COLOURS, TRAFFIC_BODY
 from sim.traffic import TrafficConfig, rectangle_corners, rectangles_overlap
 
@@ -335,9 +335,15 @@ def test_traffic_density_is_set_on_record_and_eval_and_eval_scores_at_its_own(tm
     class DenseExpert(ExpertDriver):  # an expert whose env says 12 cars per km, as a dense policy's card would
         def env_config(self):
             return env_cfg
-    overtakes = {d: evaluate(DenseExpert(task="traffic"), "procedural:1", laps=1, show_progress=False,
-                             traffic_density=d)["summary"]["overtakes"] for d in (None, 4.0, 0.0)}
-    assert overtakes[None] == overtakes[4.0] > 0 and overtakes[0.0] == 0
+    reports = {d: evaluate(DenseExpert(task="traffic"), "procedural:1", laps=1, show_progress=False,
+                           traffic_density=d) for d in (None, 0.0)}
+    assert reports[None]["settings"]["env"]["traffic"]["density_per_km"] == 4.0  # not the card's 12
+    assert reports[0.0]["settings"]["env"]["traffic"]["density_per_km"] == 0.0
+    assert reports[None]["summary"]["overtakes"] > 0 and reports[0.0]["summary"]["overtakes"] == 0
+    with pytest.raises(UserError, match="--traffic-density nan"):
+        evaluate(DenseExpert(task="traffic"), "procedural:1", traffic_density=float("nan"), show_progress=False)
+    with pytest.raises(UserError, match="only for task traffic"):
+        evaluate(ExpertDriver(task="lane"), "procedural:1", traffic_density=8.0, show_progress=False)
 
 
 # -- the policy's steering head -------------------------------------------------------------------
