@@ -126,7 +126,9 @@ def add_latency_argument(parser: argparse.ArgumentParser) -> None:
                              "camera frame is not delayed); default 0")
 
 
-MAX_TRAFFIC_DENSITY = 50.0  # cars per km: a car every 20 m (tried: 123 cars on procedural:1 step fine); a cap, so a typo cannot ask for millions
+# cars per km: a car every 20 m (tried: 123 cars on procedural:1 step fine); a cap, so a typo cannot
+# ask for millions
+MAX_TRAFFIC_DENSITY = 50.0
 
 
 def add_traffic_density_argument(parser: argparse.ArgumentParser, default: str) -> None:
