@@ -131,11 +131,11 @@ def add_latency_argument(parser: argparse.ArgumentParser) -> None:
 MAX_TRAFFIC_DENSITY = 50.0
 
 
-def add_traffic_density_argument(parser: argparse.ArgumentParser, default: str) -> None:
+def add_traffic_density_argument(parser: argparse.ArgumentParser, default_note: str) -> None:
     """`--traffic-density`, the same on every command that drives the traffic task (checked by
     `with_traffic_density`, so a bad value is one `error:` line like every other)."""
     parser.add_argument("--traffic-density", type=float, metavar="CARS_PER_KM",
-                        help=f"task traffic: other cars per km of track, 0-{MAX_TRAFFIC_DENSITY:g} ({default})")
+                        help=f"task traffic: other cars per km of track, 0-{MAX_TRAFFIC_DENSITY:g} ({default_note})")
 
 
 def with_traffic_density(cfg: EnvConfig, density: float | None, standard: bool = False) -> EnvConfig:
