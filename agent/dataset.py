@@ -36,6 +36,7 @@ from sim.errors import UserError
 from sim.expert import task_expert_steering
 from sim.render import N_LABELS, Camera, CameraConfig, default_palette, draw_speed_gauge
 from sim.track import Track, load_track
+from sim.traffic import CarBoxes
 
 from .preprocess import preprocess
 
@@ -81,6 +82,7 @@ class DriveData:
     palette: np.ndarray  # (256, 3) the colours the frames were drawn with
     track: Track | None = None  # None when the track cannot be loaded here: no viewpoint shifts then
     dropped: int = 0  # frames removed as bad data (off track, interventions and the second before)
+    cars: np.ndarray | None = None  # (n, 12, 4) task traffic: the other cars each frame was drawn with
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -264,9 +266,9 @@ def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None,
             continue
         spec = str(d.meta.get("track", ""))
         try:
-            # traffic: the other cars are not recorded, so a view re-rendered from a shifted pose
-            # would lack them: no viewpoint shifts for those drives
-            track = None if denv.task == "traffic" else load_track(spec)
+            # traffic: a view re-rendered from a shifted pose needs the other cars of that moment;
+            # drives recorded before they were kept beside the frames get no viewpoint shifts
+            track = None if denv.task == "traffic" and d.cars is None else load_track(spec)
         except (UserError, ValueError, OSError):
             track = None
             warnings.append(f"{path}: track {spec!r} not found here: no viewpoint shifts for this drive")
@@ -275,7 +277,7 @@ def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None,
             name=str(path.relative_to(data_dir)) if path != data_dir else path.name,
             frames=frames, labels=labels[keep], pose=pose[keep],
             source=source, track_spec=spec, palette=_palette_from_meta(d.meta), track=track,
-            dropped=int((~keep).sum())))
+            dropped=int((~keep).sum()), cars=None if d.cars is None else d.cars[keep]))
     if built:
         size = sum(d.frames.nbytes for d in drives if isinstance(d.frames, FrameStore))
         print(f"decoded the frames of {built} drive(s) into the frame cache {root} "
@@ -464,8 +466,14 @@ class FrameDataset(torch.utils.data.Dataset):
             shift = rng.uniform(-a.max_shift_m, a.max_shift_m)
             rot = math.radians(rng.uniform(-a.max_rotate_deg, a.max_rotate_deg))
             mode = a.correction if a.correction != "auto" else ("expert" if d.source in EXPERT_SOURCES else "delta")
+            cars = None
+            if self.env.task == "traffic":
+                # the traffic expert plans with the other cars' motion, which is not recorded: keep the
+                # label's traffic part and add the change of the lane expert's steering ("delta")
+                mode = "delta"
+                cars = None if d.cars is None else CarBoxes.from_rows(d.cars[fi], self.env.traffic)
             x, y, yaw = shifted_pose(*d.pose[fi, :3], shift, rot)
-            frame = self._camera(d).render(x, y, yaw)
+            frame = self._camera(d).render(x, y, yaw, cars)
             if self.env.task == "race" and self.env.speed_gauge:
                 frame = draw_speed_gauge(frame, d.pose[fi, 3] / self.env.race_car.max_speed_mps)
             label = corrective_label(d.track, self.env, d.pose[fi], label, shift, rot, mode)

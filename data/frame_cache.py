@@ -39,9 +39,18 @@ import numpy as np
 from sim.errors import UserError
 from sim.files import atomic_write, cache_dir
 
-from .recording import LABEL_KEYS, STATE_KEYS, Drive, chunk_paths, drive_from_columns, iter_chunks, read_meta
+from .recording import (
+    CARS_KEY,
+    LABEL_KEYS,
+    STATE_KEYS,
+    Drive,
+    chunk_paths,
+    drive_from_columns,
+    iter_chunks,
+    read_meta,
+)
 
-CACHE_VERSION = 1  # part of every key: a new layout never reads an old entry
+CACHE_VERSION = 2  # part of every key: a new layout never reads an old entry (2: the cars of task traffic)
 ENV_VAR = "E2E_DRIVE_CACHE"  # read by sim.files.cache_dir
 CHECKED_FRAMES = 16  # frames whose checksums are verified each time an entry is opened
 
@@ -225,6 +234,7 @@ def _build_entry(root: Path, key: str, folder: Path, meta: dict) -> Drive | None
     h = _digest()
     warnings: list[str] = []
     cols: dict[str, list[np.ndarray]] = {k: [] for k in LABEL_KEYS + STATE_KEYS}
+    cars: list[np.ndarray | None] = []  # task traffic: the other cars beside each frame, per chunk
     shape: list[int] = []  # (frames, height, width, 3), known once the chunks are read
 
     def write(f) -> None:
@@ -236,6 +246,7 @@ def _build_entry(root: Path, key: str, folder: Path, meta: dict) -> Drive | None
             f.write(np.ascontiguousarray(frames).data)
             for k in cols:
                 cols[k].append(chunk[k])
+            cars.append(chunk.get(CARS_KEY))
             n += len(frames)
         if not shape:  # no readable chunk: an empty entry of the camera's size
             cam = (meta.get("env") or {}).get("camera") or {}
@@ -253,6 +264,8 @@ def _build_entry(root: Path, key: str, folder: Path, meta: dict) -> Drive | None
     store = FrameStore(raw, tuple(shape))
     rows = _check_rows(shape[0])
     arrays = {k: (np.concatenate(v) if v else np.zeros(0, np.float32)) for k, v in cols.items()}
+    if cars and all(c is not None for c in cars):
+        arrays[CARS_KEY] = np.concatenate(cars)
     side = dict(arrays, key=np.array(key), frames_shape=np.array(shape, np.int64), check_rows=rows,
                 check_crc=_crc(store.read_rows(rows)), warnings=np.array(warnings, dtype=str),
                 folder=np.array(str(folder)))

@@ -13,7 +13,9 @@ Layout of a drive folder::
                           "summary": {...}}  (summary added by close(); absent if the recorder was killed)
     chunk_00000.npz      frames (n,H,W,3) uint8, steering, throttle, executed_steering (float32; NaN = not
     chunk_00001.npz      given), correction, off_track, intervention (bool), and one float64 array per
-    ...                  car-state key in STATE_KEYS (lap is int32)
+    ...                  car-state key in STATE_KEYS (lap is int32); task traffic adds `cars` (n, 12, 4)
+                         float64: x, y, yaw and colour of the other cars each frame was drawn with
+                         (NaN rows where fewer), so a view of the same moment can be drawn again
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ CHUNK_RE = re.compile(r"^chunk_(\d{5,})\.npz$")
 STATE_KEYS = ("x", "y", "yaw", "speed", "steer_angle", "s", "cte", "heading_error", "time", "lap",
               "lap_fraction", "progress_m")
 LABEL_KEYS = ("steering", "throttle", "executed_steering", "correction", "off_track", "intervention")
+CARS_KEY = "cars"  # task traffic: the other cars beside each frame (env info "cars"); absent in other tasks
 
 
 class DriveWriter:
@@ -72,6 +75,7 @@ class DriveWriter:
     def _reset_buffer(self) -> None:
         self._frames: list[np.ndarray] = []
         self._cols: dict[str, list] = {k: [] for k in LABEL_KEYS + STATE_KEYS}
+        self._cars: list[np.ndarray] = []
 
     def __enter__(self):
         return self
@@ -117,6 +121,8 @@ class DriveWriter:
         c["intervention"].append(bool(info.get("intervention", False)))
         for k in STATE_KEYS:
             c[k].append(info.get(k, -1 if k == "lap" else np.nan))
+        if CARS_KEY in info:
+            self._cars.append(np.asarray(info[CARS_KEY], np.float64))
         st = self._stats
         self._off_flags.append(off)
         st["interventions"] += int(bool(info.get("intervention", False)))
@@ -141,6 +147,8 @@ class DriveWriter:
             arrays[k] = np.asarray(c[k], bool)
         for k in STATE_KEYS:
             arrays[k] = np.asarray(c[k], np.int32 if k == "lap" else np.float64)
+        if self._cars and len(self._cars) == len(self._frames):
+            arrays[CARS_KEY] = np.stack(self._cars)
         path = self.folder / f"chunk_{self.chunks_written:05d}.npz"
         atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
         self.bytes_written += path.stat().st_size
@@ -193,6 +201,7 @@ class Drive:
     intervention: np.ndarray
     state: dict[str, np.ndarray]
     warnings: list[str] = field(default_factory=list)
+    cars: np.ndarray | None = None  # (n, 12, 4) the other cars beside each frame (task traffic), else None
 
     def __len__(self) -> int:
         return int(self.steering.shape[0])
@@ -244,6 +253,8 @@ def _load_chunk(source: Path | io.BytesIO, frames: bool) -> dict[str, np.ndarray
             raise ValueError(f"missing arrays {', '.join(missing)}")
         for k in want:
             out[k] = z[k]
+        if CARS_KEY in z.files:
+            out[CARS_KEY] = z[CARS_KEY]
     n = out["steering"].shape[0]
     for k, a in out.items():
         if a.ndim < 1 or a.shape[0] != n:
@@ -255,6 +266,9 @@ def _load_chunk(source: Path | io.BytesIO, frames: bool) -> dict[str, np.ndarray
     for k in LABEL_KEYS + STATE_KEYS:
         if out[k].ndim != 1 or out[k].dtype.kind not in "biuf":
             raise ValueError(f"array {k!r} is {out[k].dtype} {out[k].shape}, expected a 1-D number array")
+    cars = out.get(CARS_KEY)
+    if cars is not None and (cars.ndim != 3 or cars.shape[2] != 4 or cars.dtype.kind != "f"):
+        raise ValueError(f"array {CARS_KEY!r} is {cars.dtype} {cars.shape}, expected float (n, cars, 4)")
     return out
 
 
@@ -300,6 +314,8 @@ def read_drive(folder: str | os.PathLike, frames: bool = True) -> Drive:
             cat[k] = np.concatenate([c[k] for c in chunks])
         else:
             cat[k] = np.zeros((0,), np.float32)
+    if chunks and all(CARS_KEY in c for c in chunks):
+        cat[CARS_KEY] = np.concatenate([c[CARS_KEY] for c in chunks])
     if frames and not chunks:
         cam = (meta.get("env") or {}).get("camera") or {}
         cat["frames"] = np.zeros((0, int(cam.get("height", 0)), int(cam.get("width", 0)), 3), np.uint8)
@@ -325,6 +341,7 @@ def drive_from_columns(folder: Path, meta: dict, frames, cols: dict[str, np.ndar
         intervention=cols["intervention"].astype(bool),
         state={k: cols[k].astype(np.int32 if k == "lap" else np.float64) for k in STATE_KEYS},
         warnings=warnings,
+        cars=cols[CARS_KEY].astype(np.float64) if CARS_KEY in cols else None,
     )
 
 

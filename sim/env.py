@@ -39,7 +39,7 @@ from .render import (
     random_palette,
 )
 from .track import Track, load_track, parse_spec
-from .traffic import Traffic, TrafficConfig, rectangle_corners
+from .traffic import MAX_RECORDED_CARS, Traffic, TrafficConfig, rectangle_corners
 
 OFF_TRACK_MODES = ("terminate", "recover", "continue")
 TASKS = ("lane", "race", "traffic")  # lane: follow the road; race: steer and throttle; traffic: lane plus other cars
@@ -240,6 +240,8 @@ class DriveEnv(gym.Env):
                 self._look = LookRenderer(self.cfg.look, rng, cam.width / cam.view_width_m)
         obs = self._observe()
         info = self._info(off_track=False, intervention=False, lap_completed=False)
+        if self.traffic is not None:
+            info["cars"] = self._observed_car_rows()
         if self.render_mode == "human":
             self.render()
         return obs, info
@@ -309,6 +311,8 @@ class DriveEnv(gym.Env):
             or self.steps >= self.cfg.max_steps
         ) and not terminated
         obs = self._observe()
+        if self.traffic is not None:
+            info["cars"] = self._observed_car_rows()
         if self.render_mode == "human":
             self.render()
         return obs, float(reward), terminated, truncated, info
@@ -414,9 +418,18 @@ class DriveEnv(gym.Env):
         return pic
 
     def _observe(self) -> np.ndarray:
-        frame = self.camera.render(self.car.x, self.car.y, self.car.yaw, self.visible_cars(self.camera))
+        cars = self.visible_cars(self.camera)
+        frame = self.camera.render(self.car.x, self.car.y, self.car.yaw, cars)
         self._obs = self._gauge(self._looked(frame))
+        self._observed_cars = cars
         return self._obs
+
+    def _observed_car_rows(self) -> np.ndarray:
+        """The other cars the last observation was drawn with, as `CarBoxes.rows`: a recording keeps
+        them beside the frame, so training can draw it again from a shifted viewpoint."""
+        if self._observed_cars is None:
+            return np.full((MAX_RECORDED_CARS, 4), np.nan)
+        return self._observed_cars.rows((self.car.x, self.car.y))
 
     def _looked(self, frame: np.ndarray) -> np.ndarray:
         """The frame with the episode's look (noise, blur, shadows, light); as it is without one."""

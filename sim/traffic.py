@@ -56,6 +56,9 @@ class TrafficConfig:
                              "(lateral_range + weave_overlap) / 2")
 
 
+MAX_RECORDED_CARS = 12  # cars stored beside each recorded frame: more than a camera's view ever holds
+
+
 @dataclass
 class CarBoxes:
     """Cars to draw: centres (n, 2) in world metres, headings (n,), palette labels (n,), and size."""
@@ -69,6 +72,23 @@ class CarBoxes:
 
     def __len__(self) -> int:
         return len(self.yaw)
+
+    def rows(self, near: tuple[float, float], max_cars: int = MAX_RECORDED_CARS) -> np.ndarray:
+        """The cars as recorded beside a frame: (max_cars, 4) float64 rows of x, y, yaw and palette
+        label, the nearest to `near` first, NaN rows where there are fewer cars."""
+        out = np.full((max_cars, 4), np.nan)
+        order = np.argsort(((self.xy - near) ** 2).sum(1), kind="stable")[:max_cars]
+        k = len(order)
+        out[:k, :2], out[:k, 2], out[:k, 3] = self.xy[order], self.yaw[order], self.label[order]
+        return out
+
+    @staticmethod
+    def from_rows(rows: np.ndarray, cfg: TrafficConfig) -> CarBoxes | None:
+        """The cars recorded beside a frame (`rows`), to draw that frame again; None when there are none."""
+        rows = rows[np.isfinite(rows[:, 0])]
+        if not len(rows):
+            return None
+        return CarBoxes(rows[:, :2], rows[:, 2], rows[:, 3].astype(np.int64), cfg.length_m, cfg.width_m, cfg.height_m)
 
 
 def rectangle_corners(centre, yaw: float, length: float, width: float, ahead: float = 0.0) -> np.ndarray:

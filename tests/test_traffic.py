@@ -417,6 +417,49 @@ def test_play_task_traffic_records_drives_of_that_task(tmp_path):
     drive = read_drive(result.drives[0])
     assert EnvConfig.from_dict(drive.meta["env"]).task == "traffic"
     assert len(drive) == 39
+    assert drive.cars is not None and drive.cars.shape == (39, 12, 4)  # a person's drive keeps them too
+
+
+# -- training on traffic drives: viewpoint shifts draw the recorded cars ---------------------------
+def test_traffic_drives_keep_the_cars_so_a_shifted_view_draws_them_again(tmp_path):
+    """A traffic drive stores the other cars beside each frame: drawn again from the recorded pose
+    with them, every frame is the recorded one exactly (cached or read from the chunks). From a
+    shifted pose the cars are drawn too, and the label is the recorded one plus the lane expert's
+    change (the traffic expert's plan needs the cars' motion, which is not recorded)."""
+    from agent.dataset import AugmentConfig, FrameDataset, corrective_label, load_drives
+    from data.record import record_autopilot
+
+    record_autopilot("procedural:1", 1, tmp_path / "drives", task="traffic", workers=1, verbose=False, noise=0.3)
+    cached, plain = (load_drives(tmp_path / "drives", cache=c, stream=open(tmp_path / "log", "w")) for c in (True, False))
+    d = cached.drives[0]
+    assert d.track is not None and d.cars is not None and d.cars.shape == (len(d), 12, 4)
+    np.testing.assert_array_equal(d.cars, plain.drives[0].cars)
+    with_cars = np.flatnonzero(np.isfinite(d.cars[:, 0, 0]))
+    assert 0.1 * len(d) < len(with_cars) < len(d)  # cars come and go
+    sample = np.arange(0, len(d), 10)
+    shows = np.array([_traffic_pixels(f, d.palette) > 0 for f in d.frames[sample]])
+    assert shows.sum() > 20 and np.isfinite(d.cars[sample[shows], 0, 0]).all()  # a car in the frame is stored
+
+    still = AugmentConfig(shift_prob=1.0, max_shift_m=0.0, max_rotate_deg=0.0, mirror_prob=0.0, light_prob=0.0,
+                          shadow_prob=0.0, noise_std=0.0)
+    redrawn = FrameDataset([d], cached.env, still)
+    for i in [*with_cars[::40], *range(0, len(d), 400)]:
+        frame, label = redrawn[int(i)]
+        np.testing.assert_array_equal(frame, np.asarray(d.frames[i]))
+        assert label[0] == pytest.approx(d.labels[i], abs=1e-6)
+
+    moved = FrameDataset([d], cached.env, AugmentConfig(shift_prob=1.0, max_shift_m=1.5, mirror_prob=0.0,
+                                                        light_prob=0.0, shadow_prob=0.0, noise_std=0.0), seed=3)
+    drawn, showing = 0, sample[shows][::2].tolist()
+    for i in showing:
+        frame, label = moved[i]
+        rng = np.random.default_rng([3, 0, i])
+        rng.random()
+        shift, rot = rng.uniform(-1.5, 1.5), math.radians(rng.uniform(-8.0, 8.0))
+        assert label[0] == pytest.approx(corrective_label(d.track, cached.env, d.pose[i], float(d.labels[i]),
+                                                          shift, rot, "delta"), abs=1e-6)
+        drawn += _traffic_pixels(frame, d.palette) > 0
+    assert drawn >= 0.8 * len(showing)
 
 
 @pytest.mark.parametrize("spec", ["procedural:1000", "procedural:1001"])
