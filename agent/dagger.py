@@ -43,7 +43,7 @@ import numpy as np
 from data.recording import DriveWriter, find_drives, read_meta, unique_drive_name
 from sim.env import EnvConfig
 from sim.errors import UserError
-from sim.expert import expert_for
+from sim.expert import expert_for, shifted_labels
 from sim.files import atomic_savefig
 from sim.progress import Progress, table
 from sim.render import N_LABELS
@@ -103,6 +103,8 @@ class _DaggerRecorder(DriveHooks):
         self.policy, self.out, self.beta, self.iteration, self.seed = policy, out, beta, iteration, seed
         self.names, self.on_frames = names, on_frames
         self.expert = expert_for(policy.env_config().task)
+        # traffic: shifted views labelled now, while the other cars' motion is known (as `record` does)
+        self.relabel = np.random.default_rng([seed, iteration, 2]) if policy.env_config().task == "traffic" else None
         self.writers: dict[int, DriveWriter] = {}
         self.rows: list[dict] = []
 
@@ -110,7 +112,9 @@ class _DaggerRecorder(DriveHooks):
         label = self.expert.act(d.env)
         self.writers[d.index].add(d.obs, float(label[0]), d.info,
                                   throttle=float(label[1]) if label.shape[0] > 1 else None,
-                                  executed_steering=None if executed is None else float(executed[0]))
+                                  executed_steering=None if executed is None else float(executed[0]),
+                                  shifted_labels=None if self.relabel is None else
+                                  shifted_labels(d.env, self.expert, self.relabel))
 
     def started(self, d: Drive) -> None:
         cfg = d.env.unwrapped.cfg

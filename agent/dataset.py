@@ -30,7 +30,7 @@ import torch
 
 from data.frame_cache import CacheUnwritable, FrameStore, cache_root, cached_drive
 from data.recording import Drive, find_drives, read_drive, read_meta
-from sim.car import CarState
+from sim.car import VIEW_ROTATE_DEG, VIEW_SHIFT_M, CarState, shifted_pose
 from sim.env import EnvConfig
 from sim.errors import UserError
 from sim.expert import task_expert_steering
@@ -50,8 +50,8 @@ class AugmentConfig:
     """How each training frame is varied. Probabilities are per sample."""
 
     shift_prob: float = 0.5  # re-render from a shifted/rotated pose with a corrective label
-    max_shift_m: float = 1.5  # sideways, either way
-    max_rotate_deg: float = 8.0  # yaw, either way
+    max_shift_m: float = VIEW_SHIFT_M  # sideways, either way
+    max_rotate_deg: float = VIEW_ROTATE_DEG  # yaw, either way
     correction: str = "auto"  # "expert": expert steering at the new pose; "delta": label + expert's change;
     #                           "auto": expert for autopilot/DAgger drives, delta for human ones
     mirror_prob: float = 0.5  # flip left-right and negate the steering
@@ -83,6 +83,7 @@ class DriveData:
     track: Track | None = None  # None when the track cannot be loaded here: no viewpoint shifts then
     dropped: int = 0  # frames removed as bad data (off track, interventions and the second before)
     cars: np.ndarray | None = None  # (n, 12, 4) task traffic: the other cars each frame was drawn with
+    shifted_labels: np.ndarray | None = None  # (n, k, 3) traffic expert drives: shift, turn, exact steering
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -277,7 +278,8 @@ def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None,
             name=str(path.relative_to(data_dir)) if path != data_dir else path.name,
             frames=frames, labels=labels[keep], pose=pose[keep],
             source=source, track_spec=spec, palette=_palette_from_meta(d.meta), track=track,
-            dropped=int((~keep).sum()), cars=None if d.cars is None else d.cars[keep]))
+            dropped=int((~keep).sum()), cars=None if d.cars is None else d.cars[keep],
+            shifted_labels=None if d.shifted_labels is None else d.shifted_labels[keep]))
     if built:
         size = sum(d.frames.nbytes for d in drives if isinstance(d.frames, FrameStore))
         print(f"decoded the frames of {built} drive(s) into the frame cache {root} "
@@ -315,11 +317,6 @@ def balance_weights(labels: np.ndarray, bins: int = 15, power: float = 0.7, spee
     counts = np.bincount(idx, minlength=bins).astype(np.float64)
     w = (1.0 / np.maximum(counts[idx], 1.0)) ** power
     return w / w.sum()
-
-
-def shifted_pose(x: float, y: float, yaw: float, shift_m: float, rotate_rad: float) -> tuple[float, float, float]:
-    """The pose `shift_m` to the LEFT (negative: right) of (x, y, yaw), turned `rotate_rad` CCW (left)."""
-    return x - shift_m * math.sin(yaw), y + shift_m * math.cos(yaw), yaw + rotate_rad
 
 
 def corrective_label(track: Track, env: EnvConfig, pose: np.ndarray, label: float, shift_m: float,
@@ -468,15 +465,19 @@ class FrameDataset(torch.utils.data.Dataset):
             mode = a.correction if a.correction != "auto" else ("expert" if d.source in EXPERT_SOURCES else "delta")
             cars = None
             if self.env.task == "traffic":
-                # the traffic expert plans with the other cars' motion, which is not recorded: keep the
-                # label's traffic part and add the change of the lane expert's steering ("delta")
-                mode = "delta"
                 cars = None if d.cars is None else CarBoxes.from_rows(d.cars[fi], self.env.traffic)
+                if d.shifted_labels is not None and mode == "expert":
+                    # one of the shifts the recorder labelled: the traffic expert's plan needs the other
+                    # cars' motion, known only while recording
+                    shift, rot, exact = d.shifted_labels[fi, int(rng.integers(d.shifted_labels.shape[1]))].tolist()
+                    mode = None
+                else:  # keep the label's traffic part; add the change of the lane expert's steering
+                    mode = "delta"
             x, y, yaw = shifted_pose(*d.pose[fi, :3], shift, rot)
             frame = self._camera(d).render(x, y, yaw, cars)
             if self.env.task == "race" and self.env.speed_gauge:
                 frame = draw_speed_gauge(frame, d.pose[fi, 3] / self.env.race_car.max_speed_mps)
-            label = corrective_label(d.track, self.env, d.pose[fi], label, shift, rot, mode)
+            label = exact if mode is None else corrective_label(d.track, self.env, d.pose[fi], label, shift, rot, mode)
         return di, fi, frame, labels, label, rng
 
     def _finish(self, frame: np.ndarray, labels: np.ndarray, label: float,

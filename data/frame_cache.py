@@ -40,8 +40,8 @@ from sim.errors import UserError
 from sim.files import atomic_write, cache_dir
 
 from .recording import (
-    CARS_KEY,
     LABEL_KEYS,
+    OPTIONAL_KEYS,
     STATE_KEYS,
     Drive,
     chunk_paths,
@@ -50,7 +50,7 @@ from .recording import (
     read_meta,
 )
 
-CACHE_VERSION = 2  # part of every key: a new layout never reads an old entry (2: the cars of task traffic)
+CACHE_VERSION = 2  # part of every key: a new layout never reads an old entry (2: traffic drives' optional arrays)
 ENV_VAR = "E2E_DRIVE_CACHE"  # read by sim.files.cache_dir
 CHECKED_FRAMES = 16  # frames whose checksums are verified each time an entry is opened
 
@@ -234,7 +234,7 @@ def _build_entry(root: Path, key: str, folder: Path, meta: dict) -> Drive | None
     h = _digest()
     warnings: list[str] = []
     cols: dict[str, list[np.ndarray]] = {k: [] for k in LABEL_KEYS + STATE_KEYS}
-    cars: list[np.ndarray | None] = []  # task traffic: the other cars beside each frame, per chunk
+    optional: dict[str, list[np.ndarray | None]] = {k: [] for k in OPTIONAL_KEYS}  # per chunk, where given
     shape: list[int] = []  # (frames, height, width, 3), known once the chunks are read
 
     def write(f) -> None:
@@ -246,7 +246,8 @@ def _build_entry(root: Path, key: str, folder: Path, meta: dict) -> Drive | None
             f.write(np.ascontiguousarray(frames).data)
             for k in cols:
                 cols[k].append(chunk[k])
-            cars.append(chunk.get(CARS_KEY))
+            for k, parts in optional.items():
+                parts.append(chunk.get(k))
             n += len(frames)
         if not shape:  # no readable chunk: an empty entry of the camera's size
             cam = (meta.get("env") or {}).get("camera") or {}
@@ -264,8 +265,9 @@ def _build_entry(root: Path, key: str, folder: Path, meta: dict) -> Drive | None
     store = FrameStore(raw, tuple(shape))
     rows = _check_rows(shape[0])
     arrays = {k: (np.concatenate(v) if v else np.zeros(0, np.float32)) for k, v in cols.items()}
-    if cars and all(c is not None for c in cars):
-        arrays[CARS_KEY] = np.concatenate(cars)
+    for k, parts in optional.items():
+        if parts and all(p is not None for p in parts):
+            arrays[k] = np.concatenate(parts)
     side = dict(arrays, key=np.array(key), frames_shape=np.array(shape, np.int64), check_rows=rows,
                 check_crc=_crc(store.read_rows(rows)), warnings=np.array(warnings, dtype=str),
                 folder=np.array(str(folder)))

@@ -38,7 +38,7 @@ from sim.env import (
     with_traffic_density,
 )
 from sim.errors import UserError
-from sim.expert import expert_for
+from sim.expert import expert_for, shifted_labels
 from sim.files import check_out_dir
 from sim.progress import Progress, table
 from sim.render import N_LABELS, camera_from_name
@@ -189,6 +189,12 @@ def record_one(spec: str, laps: int, folder: str, env_cfg: EnvConfig, noise: flo
     perturb_throttle = SteeringNoise(noise, rng, env_cfg.car.dt)  # race only: the same kind of drift
     excursions = PedalExcursions(noise, rng, env_cfg.car.dt)  # race only: far off the speed profile
     race = env_cfg.task == "race"
+    # traffic: label a few shifted views of each frame now, while the other cars' motion is known
+    relabel = np.random.default_rng([seed, 2]) if env_cfg.task == "traffic" else None
+
+    def shifted() -> np.ndarray | None:
+        return None if relabel is None else shifted_labels(env, expert, relabel)
+
     obs, info = env.reset(seed=seed, options={"track": spec})
     meta = {
         "source": "autopilot",
@@ -208,7 +214,7 @@ def record_one(spec: str, laps: int, folder: str, env_cfg: EnvConfig, noise: flo
             label = expert.steering(env)
             executed = float(np.clip(label + perturb(), -1.0, 1.0))
             throttle = expert.throttle(env) if race else None
-            w.add(obs, label, info, throttle=throttle, executed_steering=executed)
+            w.add(obs, label, info, throttle=throttle, executed_steering=executed, shifted_labels=shifted())
             if len(w) - last_reported >= chunk_steps:
                 if progress is not None:
                     progress(len(w) - last_reported)
@@ -221,7 +227,7 @@ def record_one(spec: str, laps: int, folder: str, env_cfg: EnvConfig, noise: flo
             if terminated or truncated:
                 # The final state gets its label too: it is a valid (frame, steering) pair.
                 w.add(obs, expert.steering(env), info, throttle=expert.throttle(env) if race else None,
-                      executed_steering=None)
+                      executed_steering=None, shifted_labels=shifted())
                 break
     if progress is not None and len(w) > last_reported:
         progress(len(w) - last_reported)

@@ -15,7 +15,9 @@ Layout of a drive folder::
     chunk_00001.npz      given), correction, off_track, intervention (bool), and one float64 array per
     ...                  car-state key in STATE_KEYS (lap is int32); task traffic adds `cars` (n, 12, 4)
                          float64: x, y, yaw and colour of the other cars each frame was drawn with
-                         (NaN rows where fewer), so a view of the same moment can be drawn again
+                         (NaN rows where fewer), so a view of the same moment can be drawn again, and
+                         expert drives `shifted_labels` (n, 2, 3): shifts of the view with the
+                         expert's steering there (see OPTIONAL_KEYS)
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ STATE_KEYS = ("x", "y", "yaw", "speed", "steer_angle", "s", "cte", "heading_erro
               "lap_fraction", "progress_m")
 LABEL_KEYS = ("steering", "throttle", "executed_steering", "correction", "off_track", "intervention")
 CARS_KEY = "cars"  # task traffic: the other cars beside each frame (env info "cars"); absent in other tasks
+SHIFTED_KEY = "shifted_labels"  # traffic, expert labels: (shift m, turn rad, steering) rows per frame
+# per-frame arrays some drives have and others not: name -> its last dimension (rows per frame vary)
+OPTIONAL_KEYS = {CARS_KEY: 4, SHIFTED_KEY: 3}
 
 
 class DriveWriter:
@@ -75,7 +80,7 @@ class DriveWriter:
     def _reset_buffer(self) -> None:
         self._frames: list[np.ndarray] = []
         self._cols: dict[str, list] = {k: [] for k in LABEL_KEYS + STATE_KEYS}
-        self._cars: list[np.ndarray] = []
+        self._optional: dict[str, list[np.ndarray]] = {k: [] for k in OPTIONAL_KEYS}
 
     def __enter__(self):
         return self
@@ -101,8 +106,10 @@ class DriveWriter:
         return self.frames_written + len(self._frames)
 
     def add(self, frame: np.ndarray, steering: float, info: dict, *, throttle: float | None = None,
-            executed_steering: float | None = None, correction: bool = False) -> None:
-        """One step: the frame the driver saw, the steering LABEL for it, and the env info of that frame."""
+            executed_steering: float | None = None, correction: bool = False,
+            shifted_labels: np.ndarray | None = None) -> None:
+        """One step: the frame the driver saw, the steering LABEL for it, and the env info of that frame
+        (task traffic: with the cars drawn in it); an expert's labels of shifted views ride along."""
         if self.closed:
             raise ValueError("DriveWriter is closed")
         frame = np.asarray(frame)
@@ -121,8 +128,9 @@ class DriveWriter:
         c["intervention"].append(bool(info.get("intervention", False)))
         for k in STATE_KEYS:
             c[k].append(info.get(k, -1 if k == "lap" else np.nan))
-        if CARS_KEY in info:
-            self._cars.append(np.asarray(info[CARS_KEY], np.float64))
+        for k, v in ((CARS_KEY, info.get(CARS_KEY)), (SHIFTED_KEY, shifted_labels)):
+            if v is not None:
+                self._optional[k].append(np.asarray(v, np.float64))
         st = self._stats
         self._off_flags.append(off)
         st["interventions"] += int(bool(info.get("intervention", False)))
@@ -147,8 +155,9 @@ class DriveWriter:
             arrays[k] = np.asarray(c[k], bool)
         for k in STATE_KEYS:
             arrays[k] = np.asarray(c[k], np.int32 if k == "lap" else np.float64)
-        if self._cars and len(self._cars) == len(self._frames):
-            arrays[CARS_KEY] = np.stack(self._cars)
+        for k, rows in self._optional.items():
+            if len(rows) == len(self._frames):  # every step of the chunk gave it
+                arrays[k] = np.stack(rows)
         path = self.folder / f"chunk_{self.chunks_written:05d}.npz"
         atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
         self.bytes_written += path.stat().st_size
@@ -202,6 +211,7 @@ class Drive:
     state: dict[str, np.ndarray]
     warnings: list[str] = field(default_factory=list)
     cars: np.ndarray | None = None  # (n, 12, 4) the other cars beside each frame (task traffic), else None
+    shifted_labels: np.ndarray | None = None  # (n, k, 3) shifted views and the expert's steering there
 
     def __len__(self) -> int:
         return int(self.steering.shape[0])
@@ -253,8 +263,9 @@ def _load_chunk(source: Path | io.BytesIO, frames: bool) -> dict[str, np.ndarray
             raise ValueError(f"missing arrays {', '.join(missing)}")
         for k in want:
             out[k] = z[k]
-        if CARS_KEY in z.files:
-            out[CARS_KEY] = z[CARS_KEY]
+        for k in OPTIONAL_KEYS:
+            if k in z.files:
+                out[k] = z[k]
     n = out["steering"].shape[0]
     for k, a in out.items():
         if a.ndim < 1 or a.shape[0] != n:
@@ -266,9 +277,10 @@ def _load_chunk(source: Path | io.BytesIO, frames: bool) -> dict[str, np.ndarray
     for k in LABEL_KEYS + STATE_KEYS:
         if out[k].ndim != 1 or out[k].dtype.kind not in "biuf":
             raise ValueError(f"array {k!r} is {out[k].dtype} {out[k].shape}, expected a 1-D number array")
-    cars = out.get(CARS_KEY)
-    if cars is not None and (cars.ndim != 3 or cars.shape[2] != 4 or cars.dtype.kind != "f"):
-        raise ValueError(f"array {CARS_KEY!r} is {cars.dtype} {cars.shape}, expected float (n, cars, 4)")
+    for k, width in OPTIONAL_KEYS.items():
+        a = out.get(k)
+        if a is not None and (a.ndim != 3 or a.shape[2] != width or a.dtype.kind != "f"):
+            raise ValueError(f"array {k!r} is {a.dtype} {a.shape}, expected float (n, rows, {width})")
     return out
 
 
@@ -314,8 +326,9 @@ def read_drive(folder: str | os.PathLike, frames: bool = True) -> Drive:
             cat[k] = np.concatenate([c[k] for c in chunks])
         else:
             cat[k] = np.zeros((0,), np.float32)
-    if chunks and all(CARS_KEY in c for c in chunks):
-        cat[CARS_KEY] = np.concatenate([c[CARS_KEY] for c in chunks])
+    for k in OPTIONAL_KEYS:
+        if chunks and all(k in c for c in chunks):
+            cat[k] = np.concatenate([c[k] for c in chunks])
     if frames and not chunks:
         cam = (meta.get("env") or {}).get("camera") or {}
         cat["frames"] = np.zeros((0, int(cam.get("height", 0)), int(cam.get("width", 0)), 3), np.uint8)
@@ -342,6 +355,7 @@ def drive_from_columns(folder: Path, meta: dict, frames, cols: dict[str, np.ndar
         state={k: cols[k].astype(np.int32 if k == "lap" else np.float64) for k in STATE_KEYS},
         warnings=warnings,
         cars=cols[CARS_KEY].astype(np.float64) if CARS_KEY in cols else None,
+        shifted_labels=cols[SHIFTED_KEY].astype(np.float64) if SHIFTED_KEY in cols else None,
     )
 
 

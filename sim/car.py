@@ -29,6 +29,16 @@ class CarConfig:
     drag: float = 0.02  # speed-proportional loss when coasting with throttle control
 
 
+VIEW_SHIFT_M = 1.5  # training's viewpoint shifts: up to this far sideways, either way...
+VIEW_ROTATE_DEG = 8.0  # ...and turned up to this much
+
+
+def shifted_pose(x: float, y: float, yaw: float, shift_m: float, rotate_rad: float) -> tuple[float, float, float]:
+    """The pose `shift_m` to the LEFT (negative: right) of (x, y, yaw), turned `rotate_rad` CCW (left):
+    where training's viewpoint shifts look from."""
+    return x - shift_m * math.sin(yaw), y + shift_m * math.cos(yaw), yaw + rotate_rad
+
+
 @dataclass(frozen=True)
 class CarState:
     """Pose of the rear-axle centre, forward speed and the actual steering angle of the front wheels.

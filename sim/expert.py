@@ -14,9 +14,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .car import GRAVITY, CarConfig, CarState, RaceCarConfig, drive_accel, understeer_gradient
+from .car import (
+    GRAVITY,
+    VIEW_ROTATE_DEG,
+    VIEW_SHIFT_M,
+    CarConfig,
+    CarState,
+    RaceCarConfig,
+    drive_accel,
+    shifted_pose,
+    understeer_gradient,
+)
 from .track import Track
 from .traffic import Traffic
+
+SHIFTED_LABELS = 2  # traffic recordings: shifted views labelled exactly per frame (training picks one)
 
 
 @dataclass(frozen=True)
@@ -121,17 +133,30 @@ class Expert:
         """Traffic: the offset (metres, positive left) the planner picks now, from the cars the
         camera shows: centres up to its reach ahead of its centre (the middle of the wheelbase)."""
         e = env.unwrapped
-        seen = e.cfg.camera.view_ahead_m + 0.5 * e.cfg.car.wheelbase_m
-        return plan_offset(e.track, e.traffic, e.proj.s, e.proj.offset, e.car.speed, e.cfg.car, self.cfg, seen)
+        return self._target(e, e.car, e.proj)
 
     def steering(self, env) -> float:
         e = env.unwrapped
+        return self._steer(e, e.car, e.proj)
+
+    def steering_at(self, env, car: CarState) -> float:
+        """The steering with our car at `car` instead, the other cars where they are now: the exact
+        label of a view drawn from a shifted pose (training cannot work it out later in traffic:
+        the planner needs the other cars' motion, which is not recorded)."""
+        e = env.unwrapped
+        return self._steer(e, car, e.track.project(car.x, car.y, car.yaw, s_hint=e.proj.s))
+
+    def _target(self, e, car: CarState, proj) -> float:
+        seen = e.cfg.camera.view_ahead_m + 0.5 * e.cfg.car.wheelbase_m
+        return plan_offset(e.track, e.traffic, proj.s, proj.offset, car.speed, e.cfg.car, self.cfg, seen)
+
+    def _steer(self, e, car: CarState, proj) -> float:
         if getattr(e, "traffic", None) is None:
-            return expert_steering(e.track, e.car, e.proj.s, e.cfg.car, self.cfg)
-        here = e.proj.offset
-        target = self.target_offset(env)
+            return expert_steering(e.track, car, proj.s, e.cfg.car, self.cfg)
+        here = proj.offset
+        target = self._target(e, car, proj)
         aim = here + max(-self.cfg.max_shift_m, min(self.cfg.max_shift_m, target - here))
-        return expert_steering(e.track, e.car, e.proj.s, e.cfg.car, self.cfg, offset=aim)
+        return expert_steering(e.track, car, proj.s, e.cfg.car, self.cfg, offset=aim)
 
     def act(self, env):
         e = env.unwrapped
@@ -248,6 +273,21 @@ class RaceExpert:
 def expert_for(task: str):
     """The autopilot of a task: `RaceExpert` for racing, `Expert` for lane driving (it overtakes in traffic)."""
     return RaceExpert() if task == "race" else Expert()
+
+
+def shifted_labels(env, expert: Expert, rng: np.random.Generator, n: int = SHIFTED_LABELS) -> np.ndarray:
+    """`n` viewpoint shifts of the present moment, each with the expert's steering from there: (n, 3)
+    rows of shift (m, left), turn (rad, CCW) and steering, drawn as training draws its shifts.
+    Recorded beside traffic frames, so a view drawn again from a shifted pose has its exact label."""
+    e = env.unwrapped
+    c = e.car
+    out = np.empty((n, 3))
+    for k in range(n):
+        shift = rng.uniform(-VIEW_SHIFT_M, VIEW_SHIFT_M)
+        turn = math.radians(rng.uniform(-VIEW_ROTATE_DEG, VIEW_ROTATE_DEG))
+        x, y, yaw = shifted_pose(c.x, c.y, c.yaw, shift, turn)
+        out[k] = shift, turn, expert.steering_at(env, CarState(x, y, yaw, c.speed))
+    return out
 
 
 def task_expert_steering(task: str, track: Track, car: CarState, s: float, env_cfg) -> float:

@@ -10,7 +10,7 @@ import pytest
 import sim  # noqa: F401  (registers E2EDrive-v0)
 from sim import DriveEnv, EnvConfig, Expert, UserError
 from sim.render import N_TRAFFIC_COLOURS, TRAFFIC_BODY
-from sim.traffic import TrafficConfig, rectangle_corners, rectangles_overlap
+from sim.traffic import CarBoxes, TrafficConfig, rectangle_corners, rectangles_overlap
 
 
 # -- footprints -----------------------------------------------------------------------------------
@@ -423,43 +423,68 @@ def test_play_task_traffic_records_drives_of_that_task(tmp_path):
 # -- training on traffic drives: viewpoint shifts draw the recorded cars ---------------------------
 def test_traffic_drives_keep_the_cars_so_a_shifted_view_draws_them_again(tmp_path):
     """A traffic drive stores the other cars beside each frame: drawn again from the recorded pose
-    with them, every frame is the recorded one exactly (cached or read from the chunks). From a
-    shifted pose the cars are drawn too, and the label is the recorded one plus the lane expert's
-    change (the traffic expert's plan needs the cars' motion, which is not recorded)."""
+    with them, every frame is the recorded one exactly (cached or read from the chunks). The recorder
+    also labels two shifted views of each frame with the expert's steering there (its plan needs the
+    other cars' motion, known only while recording): training draws those views, cars included, with
+    those labels. Drives without them (a person's) take the recorded label plus the lane expert's change."""
     from agent.dataset import AugmentConfig, FrameDataset, corrective_label, load_drives
     from data.record import record_autopilot
+    from sim.car import shifted_pose
+    from sim.render import Camera
 
     record_autopilot("procedural:1", 1, tmp_path / "drives", task="traffic", workers=1, verbose=False, noise=0.3)
     cached, plain = (load_drives(tmp_path / "drives", cache=c, stream=open(tmp_path / "log", "w")) for c in (True, False))
     d = cached.drives[0]
     assert d.track is not None and d.cars is not None and d.cars.shape == (len(d), 12, 4)
     np.testing.assert_array_equal(d.cars, plain.drives[0].cars)
+    np.testing.assert_array_equal(d.shifted_labels, plain.drives[0].shifted_labels)
     with_cars = np.flatnonzero(np.isfinite(d.cars[:, 0, 0]))
     assert 0.1 * len(d) < len(with_cars) < len(d)  # cars come and go
     sample = np.arange(0, len(d), 10)
     shows = np.array([_traffic_pixels(f, d.palette) > 0 for f in d.frames[sample]])
     assert shows.sum() > 20 and np.isfinite(d.cars[sample[shows], 0, 0]).all()  # a car in the frame is stored
 
-    still = AugmentConfig(shift_prob=1.0, max_shift_m=0.0, max_rotate_deg=0.0, mirror_prob=0.0, light_prob=0.0,
-                          shadow_prob=0.0, noise_std=0.0)
-    redrawn = FrameDataset([d], cached.env, still)
+    plain_aug = dict(mirror_prob=0.0, light_prob=0.0, shadow_prob=0.0, noise_std=0.0)
+    still = FrameDataset([d], cached.env, AugmentConfig(shift_prob=1.0, max_shift_m=0.0, max_rotate_deg=0.0,
+                                                        correction="delta", **plain_aug))
     for i in [*with_cars[::40], *range(0, len(d), 400)]:
-        frame, label = redrawn[int(i)]
+        frame, label = still[int(i)]
         np.testing.assert_array_equal(frame, np.asarray(d.frames[i]))
         assert label[0] == pytest.approx(d.labels[i], abs=1e-6)
 
-    moved = FrameDataset([d], cached.env, AugmentConfig(shift_prob=1.0, max_shift_m=1.5, mirror_prob=0.0,
-                                                        light_prob=0.0, shadow_prob=0.0, noise_std=0.0), seed=3)
+    # the recorded shifted views: the expert's own labels, which steer back (a view shifted left
+    # steers further right than the frame's label) and differ from the lane expert's change while passing
+    rows = d.shifted_labels
+    assert rows.shape == (len(d), 2, 3) and np.abs(rows[..., 0]).max() <= 1.5 and np.abs(rows[..., 1]).max() <= 0.14
+    change = rows[..., 2] - d.labels[:, None]
+    assert np.polyfit(rows[..., 0].ravel(), change.ravel(), 1)[0] > 0.05  # steering > 0 is right
+    delta = np.array([[corrective_label(d.track, cached.env, d.pose[i], float(d.labels[i]), sh, rot, "delta")
+                       for sh, rot, _ in rows[i]] for i in with_cars[::5]])
+    assert (np.abs(delta - rows[with_cars[::5], :, 2]) > 0.1).mean() > 0.01
+
+    cam = Camera(d.track, cached.env.camera, cached.env.car.length_m, cached.env.car.width_m,
+                 cached.env.car.wheelbase_m)
+    cam.set_palette(d.palette)
     drawn, showing = 0, sample[shows][::2].tolist()
-    for i in showing:
-        frame, label = moved[i]
-        rng = np.random.default_rng([3, 0, i])
-        rng.random()
-        shift, rot = rng.uniform(-1.5, 1.5), math.radians(rng.uniform(-8.0, 8.0))
-        assert label[0] == pytest.approx(corrective_label(d.track, cached.env, d.pose[i], float(d.labels[i]),
-                                                          shift, rot, "delta"), abs=1e-6)
-        drawn += _traffic_pixels(frame, d.palette) > 0
-    assert drawn >= 0.8 * len(showing)
+    for name, ds in [("exact", FrameDataset([d], cached.env, AugmentConfig(shift_prob=1.0, **plain_aug), seed=3)),
+                     ("delta", FrameDataset([d], cached.env, AugmentConfig(shift_prob=1.0, correction="delta",
+                                                                            **plain_aug), seed=3))]:
+        for i in showing:
+            frame, label = ds[i]
+            if name == "exact":
+                j = int(np.argmin(np.abs(rows[i, :, 2] - label[0])))
+                assert label[0] == pytest.approx(rows[i, j, 2], abs=1e-6)
+                shift, rot = rows[i, j, :2]
+            else:
+                rng = np.random.default_rng([3, 0, i])
+                rng.random()
+                shift, rot = rng.uniform(-1.5, 1.5), math.radians(rng.uniform(-8.0, 8.0))
+                assert label[0] == pytest.approx(corrective_label(d.track, cached.env, d.pose[i], float(d.labels[i]),
+                                                                  shift, rot, "delta"), abs=1e-6)
+            cars = CarBoxes.from_rows(d.cars[i], cached.env.traffic)
+            np.testing.assert_array_equal(frame, cam.render(*shifted_pose(*d.pose[i, :3], shift, rot), cars))
+            drawn += _traffic_pixels(frame, d.palette) > 0
+    assert drawn >= 0.8 * 2 * len(showing)
 
 
 @pytest.mark.parametrize("spec", ["procedural:1000", "procedural:1001"])
