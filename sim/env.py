@@ -42,6 +42,8 @@ from .track import Track, load_track, parse_spec
 from .traffic import MAX_RECORDED_CARS, Traffic, TrafficConfig, rectangle_corners
 
 OFF_TRACK_MODES = ("terminate", "recover", "continue")
+_NO_CARS = np.full((MAX_RECORDED_CARS, 4), np.nan)  # info["cars"] with none in view (shared: read-only)
+_NO_CARS.flags.writeable = False
 TASKS = ("lane", "race", "traffic")  # lane: follow the road; race: steer and throttle; traffic: lane plus other cars
 RACE_RECOVER_SPEED_MPS = 10.0  # a race car put back on the road goes on at most this fast
 
@@ -428,7 +430,7 @@ class DriveEnv(gym.Env):
         """The other cars the last observation was drawn with, as `CarBoxes.rows`: a recording keeps
         them beside the frame, so training can draw it again from a shifted viewpoint."""
         if self._observed_cars is None:
-            return np.full((MAX_RECORDED_CARS, 4), np.nan)
+            return _NO_CARS
         return self._observed_cars.rows((self.car.x, self.car.y))
 
     def _looked(self, frame: np.ndarray) -> np.ndarray:
