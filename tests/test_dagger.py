@@ -79,6 +79,22 @@ def test_the_policy_drives_and_every_frame_carries_the_experts_label(world, tmp_
     assert np.abs(d.executed_steering[:-1] - d.steering[:-1]).max() > 0.05
 
 
+def test_in_traffic_dagger_drives_keep_the_cars_and_exactly_labelled_shifted_views(tmp_path):
+    """A traffic policy's DAgger drives carry what training's viewpoint shifts need: the other cars
+    beside each frame and two shifted views labelled by the expert (as autopilot drives do)."""
+    torch.manual_seed(0)
+    env = EnvConfig(task="traffic", camera=CameraConfig())
+    save_policy(tmp_path / "model", build_model("small", CameraConfig()),
+                {"arch": "small", "env": env.to_dict(), "task": "traffic", "outputs": ["steering"],
+                 "training": {"config": {**TINY.__dict__, "augment": TINY.augment.__dict__}}})
+    rows = dagger_drives(load_policy(tmp_path / "model"), "procedural:0", tmp_path / "it1", max_steps=80,
+                         verbose=False)
+    d = read_drive(rows[0]["path"])
+    assert d.cars is not None and d.cars.shape == (len(d), 12, 4) and np.isfinite(d.cars[:, 0, 0]).any()
+    assert d.shifted_labels is not None and d.shifted_labels.shape == (len(d), 2, 3)
+    assert np.all(np.abs(d.shifted_labels[..., 0]) <= 1.5) and np.ptp(d.shifted_labels[..., 2]) > 0.1
+
+
 def test_the_mixing_schedule_decays():
     cfg = DaggerConfig(beta0=0.8, beta_decay=0.5)
     assert [cfg.beta(i) for i in (1, 2, 3)] == pytest.approx([0.8, 0.4, 0.2])
