@@ -270,6 +270,9 @@ def load_drives(data_dir: str | os.PathLike, camera: CameraConfig | None = None,
             # traffic: a view re-rendered from a shifted pose needs the other cars of that moment;
             # drives recorded before they were kept beside the frames get no viewpoint shifts
             track = None if denv.task == "traffic" and d.cars is None else load_track(spec)
+            if track is None:
+                warnings.append(f"{path}: a traffic drive recorded before drives kept the other cars: no "
+                                "viewpoint shifts for it (record it again to have them)")
         except (UserError, ValueError, OSError):
             track = None
             warnings.append(f"{path}: track {spec!r} not found here: no viewpoint shifts for this drive")
